@@ -94,7 +94,7 @@ def conv2d_forward(x, w, b, stride, pad):
     return y.reshape(x.shape[0], f, ho, wo)
 
 
-def conv2d_backward(dy, x, w, stride, pad):
+def conv2d_backward(dy, x, w, stride, pad, need_dx=True):
     """Gradients of :func:`conv2d_forward`.
 
     Parameters
@@ -102,17 +102,19 @@ def conv2d_backward(dy, x, w, stride, pad):
     dy : (N, F, Ho, Wo) float
     x : (N, C, H, W) float
     w : (F, C, kh, kw) float
+    need_dx : bool, when False ``dx`` is not computed and None is returned in its place (the first
+        layer of a network needs no input gradient).
 
     Returns
     -------
-    dx : (N, C, H, W), dw : (F, C, kh, kw), db : (F,)
+    dx : (N, C, H, W) or None, dw : (F, C, kh, kw), db : (F,)
     """
     f, c, kh, kw = w.shape
     cols, ho, wo = _im2col(x, kh, kw, stride, pad)
     dy2 = dy.reshape(dy.shape[0], f, ho * wo)
     dw = np.einsum("nfp,nkp->fk", dy2, cols).reshape(w.shape)
     db = dy2.sum(axis=(0, 2))
-    dx = conv2d_backward_data(dy, w, x.shape, stride, pad)
+    dx = conv2d_backward_data(dy, w, x.shape, stride, pad) if need_dx else None
     return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from zfscratch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""The ``zfscratch`` command line.
+
+Subcommands live in :mod:`zfscratch.commands`: every module there defines ``register(subparsers)``
+(adding its parsers with ``set_defaults(func=handler)``) and an ``ORDER`` number for ``--help``.
+Handlers return an exit status. Bad input raises :class:`~zfscratch.errors.UserError`, printed here as
+one line (``zfscratch: error: ...``) with exit status 2 and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from zfscratch import __version__
+from zfscratch.errors import UserError
+
+BACKEND_CHOICES = ("auto", "numpy", "numba", "cupy")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our exit status (2) and one-line errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_backend_arg(parser):
+    """``--backend {auto,numpy,numba,cupy}`` (default: ZFSCRATCH_BACKEND or auto)."""
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                        help="compute backend (default: $ZFSCRATCH_BACKEND or auto = cupy, else numba, else numpy)")
+
+
+def resolve_backend(name):
+    """Backend for a CLI ``--backend`` value, as a UserError when it cannot run here."""
+    from zfscratch.backend import BackendError, get_backend
+    try:
+        return get_backend(name)
+    except BackendError as e:
+        raise UserError(f"--backend: {e}") from None
+
+
+def build_parser():
+    from zfscratch import commands
+    parser = _Parser(prog="zfscratch",
+                     description="ZFNet and its DeconvNet (Zeiler & Fergus 2014) from scratch: train, "
+                                 "visualize, run the paper's experiments.")
+    parser.add_argument("--version", action="version", version=f"zfscratch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    mods = [importlib.import_module(f"{commands.__name__}.{m.name}")
+            for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    for mod in sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
+        mod.register(sub)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``zfscratch`` console script. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"zfscratch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zfscratch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

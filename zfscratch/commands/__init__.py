@@ -1,0 +1,1 @@
+"""Subcommands of the ``zfscratch`` CLI, one module per group (see :mod:`zfscratch.cli`)."""

@@ -1,0 +1,71 @@
+"""``zfscratch info`` and ``zfscratch gradcheck``."""
+from __future__ import annotations
+
+import os
+import platform
+
+ORDER = 90
+
+
+def register(sub):
+    from zfscratch.cli import add_backend_arg
+    p = sub.add_parser("info", help="version, available backends, BLAS and threads")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("gradcheck", help="float64 gradient check of every layer and a small net")
+    add_backend_arg(p)
+    p.add_argument("--tol", type=float, default=1e-6, help="maximum relative error that passes (default 1e-6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_gradcheck)
+
+
+def blas_info():
+    """Short description of the BLAS numpy uses (name, version, threads) when numpy can tell."""
+    import numpy as np
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        desc = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # older numpy: no dict mode
+        desc = "unknown"
+    try:
+        from threadpoolctl import threadpool_info
+        threads = [f"{i.get('internal_api')}:{i.get('num_threads')}" for i in threadpool_info() if i.get("user_api") == "blas"]
+        if threads:
+            desc += f" (threads {', '.join(threads)})"
+    except ImportError:
+        pass
+    return desc
+
+
+def cmd_info(args):
+    import numpy as np
+
+    from zfscratch import __version__
+    from zfscratch.backend import available_backends, get_backend
+    print(f"zfscratch {__version__}")
+    print(f"python    {platform.python_version()} ({platform.machine()})")
+    print(f"numpy     {np.__version__}; BLAS: {blas_info()}")
+    try:
+        import numba
+        print(f"numba     {numba.__version__}; threads {numba.config.NUMBA_NUM_THREADS}")
+    except ImportError:
+        print("numba     not installed")
+    backends = available_backends()
+    print(f"backends  {', '.join(backends)} (auto -> {get_backend('auto').name}; "
+          f"ZFSCRATCH_BACKEND={os.environ.get('ZFSCRATCH_BACKEND', '')!s})")
+    print(f"cpus      {os.cpu_count()}")
+    return 0
+
+
+def cmd_gradcheck(args):
+    from zfscratch import gradcheck
+    from zfscratch.cli import resolve_backend
+    be = resolve_backend(args.backend)
+    print(f"float64 centered-difference gradient check, backend {be.name}, tolerance {args.tol:g}")
+    print(f"{'layer':<38} {'max rel. error':>14}  result")
+    ok = True
+    for name, err, passed in gradcheck.run_all(be, tol=args.tol, seed=args.seed):
+        ok &= passed
+        print(f"{name:<38} {err:>14.2e}  {'pass' if passed else 'FAIL'}")
+    print("all passed" if ok else "some checks FAILED")
+    return 0 if ok else 1

@@ -1,0 +1,166 @@
+"""Weights and checkpoints as ``.npz`` files with a JSON metadata entry; atomic writes; validation.
+
+A weights file holds one array per parameter (``conv1.w``, ``conv1.b``, ...) and ``__meta__``: a
+uint8 array of UTF-8 JSON with at least ``{"format": "zfscratch-weights", "version": 1, "config":
+{...}}`` (the architecture config of :mod:`zfscratch.models`) plus whatever the producer adds
+(class names, mean image, preprocessing). Files are read with ``allow_pickle=False``: object arrays
+are refused, never unpickled.
+"""
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from zfscratch.errors import UserError
+
+META_KEY = "__meta__"
+WEIGHTS_FORMAT = "zfscratch-weights"
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A crash leaves either the old file or the new one, never a half-written file.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    """Atomic write of a UTF-8 text file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _meta_array(meta):
+    return np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+
+
+def atomic_savez(path, arrays, meta=None):
+    """Save ``arrays`` (name -> array) and ``meta`` (JSON-serializable dict) to an ``.npz``, atomically."""
+    buf = _io.BytesIO()
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    if META_KEY in payload:
+        raise ValueError(f"array name {META_KEY!r} is reserved")
+    payload[META_KEY] = _meta_array(meta or {})
+    np.savez(buf, **payload)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npz(path, what="npz file"):
+    """Load an ``.npz`` written by :func:`atomic_savez`.
+
+    Returns
+    -------
+    arrays : dict name -> numpy array
+    meta : dict
+
+    Raises
+    ------
+    UserError
+        missing file, not an npz, object arrays, unreadable metadata — one line naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {}
+            for k in z.files:
+                arrays[k] = z[k]
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise UserError(f"{what} {path} holds object arrays, which are refused (no pickles)") from None
+        raise UserError(f"{what} {path} is not a valid .npz file: {e}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"{what} {path} is not a valid .npz file: {e}") from None
+    meta = {}
+    if META_KEY in arrays:
+        raw = arrays.pop(META_KEY)
+        try:
+            meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{what} {path}: metadata entry {META_KEY} is not valid JSON") from None
+    return arrays, meta
+
+
+def save_weights(path, net, meta=None):
+    """Save a network's parameters and a self-describing metadata record (atomic).
+
+    ``meta`` may carry e.g. ``classes`` (list of names), ``mean`` (list or nested list: the training
+    mean), ``preprocessing`` (dict); ``config`` and ``format`` are filled in here.
+    """
+    meta = dict(meta or {})
+    meta["format"] = WEIGHTS_FORMAT
+    meta["version"] = 1
+    meta["config"] = net.config
+    atomic_savez(path, net.state_dict(), meta)
+
+
+def load_weights(path, backend=None, dtype=np.float32):
+    """Load a weights file saved by :func:`save_weights` and rebuild its network.
+
+    Returns
+    -------
+    net : Sequential on ``backend``
+    meta : dict
+
+    Raises
+    ------
+    UserError
+        the file is missing or malformed, lacks the architecture config, or its arrays do not match
+        that architecture (names, shapes, non-finite values).
+    """
+    from zfscratch.models import build_model
+
+    arrays, meta = load_npz(path, "weights file")
+    if meta.get("format") != WEIGHTS_FORMAT or "config" not in meta:
+        raise UserError(f"weights file {path} has no zfscratch metadata (expected {META_KEY} with format "
+                        f"{WEIGHTS_FORMAT!r} and an architecture config)")
+    try:
+        net = build_model(meta["config"], dtype=dtype)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"weights file {path}: cannot build its architecture: {e}") from None
+    check_arrays(arrays, dict(net.params()), path)
+    net.load_state_dict(arrays)
+    if backend is not None:
+        net.to(backend)
+    return net, meta
+
+
+def check_arrays(arrays, expected, path):
+    """Validate ``arrays`` against ``expected`` (name -> array): names, shapes, numeric, finite."""
+    missing = [k for k in expected if k not in arrays]
+    extra = [k for k in arrays if k not in expected]
+    if missing:
+        raise UserError(f"weights file {path} does not match the architecture: missing {', '.join(missing[:5])}")
+    if extra:
+        raise UserError(f"weights file {path} does not match the architecture: unexpected {', '.join(extra[:5])}")
+    for k, ref in expected.items():
+        a = arrays[k]
+        if tuple(a.shape) != tuple(ref.shape):
+            raise UserError(f"weights file {path}: {k} has shape {tuple(a.shape)}, the architecture "
+                            f"expects {tuple(ref.shape)}")
+        if a.dtype.kind not in "fiu":
+            raise UserError(f"weights file {path}: {k} has dtype {a.dtype}, expected floating point")
+        if not np.all(np.isfinite(a)):
+            raise UserError(f"weights file {path}: {k} holds NaN or infinite values")

@@ -1,0 +1,399 @@
+"""Layers with explicit forward and backward passes.
+
+One contract for every layer:
+
+* ``forward(x, train=False) -> y`` computes the output and caches what ``backward`` needs;
+* ``backward(dy) -> dx`` returns the gradient with respect to the input of the last forward call
+  and **accumulates** parameter gradients into ``self.grads`` (call ``zero_grads()`` between steps).
+
+Parameters live in ``self.params`` (``"w"``, ``"b"``) as arrays of the layer's backend; the compute
+goes through ``self.backend.kernels`` (DESIGN §3) so that the same layer runs on NumPy, Numba or CuPy.
+Shapes are validated on the way in, with errors that name the layer and both shapes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from zfscratch.backend import get_backend
+
+
+class Layer:
+    """Base class. Subclasses set ``kind``, fill ``params`` in ``__init__`` and implement forward/backward."""
+
+    kind = "Layer"
+
+    def __init__(self, name=None):
+        self.name = name or self.kind.lower()
+        self.backend = get_backend("numpy")
+        self.params = {}
+        self.grads = {}
+
+    # -- parameters -----------------------------------------------------------------------
+    def _add_param(self, key, value):
+        self.params[key] = value
+        self.grads[key] = np.zeros_like(value)
+
+    def zero_grads(self):
+        """Set every parameter gradient to zero."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    def set_backend(self, backend, dtype=None):
+        """Move parameters (and gradients) to ``backend``, optionally casting to ``dtype``."""
+        self.backend = get_backend(backend)
+        for key in list(self.params):
+            dt = dtype or self.params[key].dtype
+            self.params[key] = self.backend.to_device(self.backend.to_host(self.params[key]), dt)
+            self.grads[key] = self.backend.xp.zeros_like(self.params[key])
+        self._clear_cache()
+        return self
+
+    def _clear_cache(self):
+        """Forget what the last forward cached (arrays of the old backend)."""
+
+    def config(self):
+        """Constructor arguments, JSON-serializable (rebuilds the layer with ``LAYER_KINDS``)."""
+        return {}
+
+    def forward(self, x, train=False):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, dy):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_shape(self, in_shape):
+        """Shape of the output for an input of shape ``in_shape`` (batch included)."""
+        return tuple(in_shape)
+
+    def _check_input(self, x, ndim, channels=None, what="channels"):
+        if x.ndim != ndim or (channels is not None and x.shape[1] != channels):
+            want = "(N, C, H, W)" if ndim == 4 else "(N, F)"
+            if channels is not None:
+                want = want.replace("C" if ndim == 4 else "F", str(channels))
+            raise ValueError(f"layer {self.name} ({self.kind}): expected input {want}, got {tuple(x.shape)}")
+
+    def _check_grad(self, dy, expected):
+        if tuple(dy.shape) != tuple(expected):
+            raise ValueError(f"layer {self.name} ({self.kind}): gradient shape {tuple(dy.shape)} "
+                             f"does not match output shape {tuple(expected)}")
+
+    def __repr__(self):
+        cfg = ", ".join(f"{k}={v}" for k, v in self.config().items())
+        return f"{self.kind}({self.name}: {cfg})"
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation), optionally grouped.
+
+    Parameters
+    ----------
+    in_ch, out_ch : int
+    k : int, square kernel size
+    stride, pad : int
+    groups : int, channels split into ``groups`` independent convolutions (AlexNet/CaffeNet use 2);
+        done in the layer by slicing, so the kernel contract is unchanged.
+    init_std : float, weights drawn from N(0, init_std^2); biases start at ``init_bias``.
+
+    Shapes: x (N, in_ch, H, W) -> y (N, out_ch, Ho, Wo), ``w : (out_ch, in_ch/groups, k, k)``.
+    """
+
+    kind = "Conv2d"
+
+    def __init__(self, in_ch, out_ch, k, stride=1, pad=0, groups=1, name=None, init_std=0.01,
+                 init_bias=0.0, rng=None, dtype=np.float32):
+        super().__init__(name)
+        if in_ch % groups or out_ch % groups:
+            raise ValueError(f"layer {self.name}: channels {in_ch}->{out_ch} not divisible by groups={groups}")
+        self.in_ch, self.out_ch, self.k = int(in_ch), int(out_ch), int(k)
+        self.stride, self.pad, self.groups = int(stride), int(pad), int(groups)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        w = rng.normal(0.0, init_std, size=(out_ch, in_ch // groups, k, k)).astype(dtype)
+        self._add_param("w", w)
+        self._add_param("b", np.full(out_ch, init_bias, dtype=dtype))
+        self.need_dx = True
+        self._x = None
+
+    def config(self):
+        return dict(in_ch=self.in_ch, out_ch=self.out_ch, k=self.k, stride=self.stride, pad=self.pad,
+                    groups=self.groups)
+
+    def _clear_cache(self):
+        self._x = None
+
+    def output_shape(self, in_shape):
+        from zfscratch.kernels.reference import conv_output_size
+        n, _, h, w = in_shape
+        return (n, self.out_ch, conv_output_size(h, self.k, self.stride, self.pad),
+                conv_output_size(w, self.k, self.stride, self.pad))
+
+    def _group_slices(self):
+        ci, co = self.in_ch // self.groups, self.out_ch // self.groups
+        return [(slice(g * ci, (g + 1) * ci), slice(g * co, (g + 1) * co)) for g in range(self.groups)]
+
+    def forward(self, x, train=False):
+        self._check_input(x, 4, self.in_ch)
+        kern, w, b = self.backend.kernels, self.params["w"], self.params["b"]
+        self._x = x
+        if self.groups == 1:
+            return kern.conv2d_forward(x, w, b, self.stride, self.pad)
+        xp = self.backend.xp
+        outs = [kern.conv2d_forward(xp.ascontiguousarray(x[:, si]), w[so], b[so], self.stride, self.pad)
+                for si, so in self._group_slices()]
+        return xp.concatenate(outs, axis=1)
+
+    def backward(self, dy):
+        x = self._x
+        self._check_grad(dy, self.output_shape(x.shape))
+        kern, w = self.backend.kernels, self.params["w"]
+        if self.groups == 1:
+            dx, dw, db = kern.conv2d_backward(dy, x, w, self.stride, self.pad, need_dx=self.need_dx)
+            self.grads["w"] += dw
+            self.grads["b"] += db
+            return dx
+        xp = self.backend.xp
+        dxs = []
+        for si, so in self._group_slices():
+            dxg, dw, db = kern.conv2d_backward(xp.ascontiguousarray(dy[:, so]), xp.ascontiguousarray(x[:, si]),
+                                               xp.ascontiguousarray(w[so]), self.stride, self.pad,
+                                               need_dx=self.need_dx)
+            self.grads["w"][so] += dw
+            self.grads["b"][so] += db
+            dxs.append(dxg)
+        return xp.concatenate(dxs, axis=1) if self.need_dx else None
+
+    def backward_data(self, dy, x_shape):
+        """Transposed convolution of ``dy`` with this layer's weights (no bias): the DeconvNet's filtering.
+
+        dy : (N, out_ch, Ho, Wo) -> (N, in_ch, H, W) for ``x_shape = (N, in_ch, H, W)``.
+        """
+        kern, w, xp = self.backend.kernels, self.params["w"], self.backend.xp
+        if self.groups == 1:
+            return kern.conv2d_backward_data(dy, w, tuple(x_shape), self.stride, self.pad)
+        n, _, h, ww = x_shape
+        parts = [kern.conv2d_backward_data(xp.ascontiguousarray(dy[:, so]), xp.ascontiguousarray(w[so]),
+                                           (n, self.in_ch // self.groups, h, ww), self.stride, self.pad)
+                 for _, so in self._group_slices()]
+        return xp.concatenate(parts, axis=1)
+
+
+class ReLU(Layer):
+    """Rectified linear unit, ``y = max(x, 0)``. Any shape."""
+
+    kind = "ReLU"
+
+    def __init__(self, name=None):
+        super().__init__(name)
+        self._y = None
+
+    def _clear_cache(self):
+        self._y = None
+
+    def forward(self, x, train=False):
+        y = self.backend.kernels.relu_forward(x)
+        self._y = y  # y > 0 exactly where x > 0, so the output serves as the mask
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy, self._y.shape)
+        return self.backend.kernels.relu_backward(dy, self._y)
+
+
+class MaxPool2d(Layer):
+    """Max-pooling that records its switches (the argmax positions) for backward and the DeconvNet.
+
+    Parameters
+    ----------
+    k, stride : int
+    ceil_mode : bool, default True (ZFNet's 3x3 stride-2 pools; DESIGN §4 output size rule)
+
+    After ``forward``: ``switches : (N, C, Ho, Wo) int32`` flat ``h*W + w`` indices and ``x_shape``.
+    """
+
+    kind = "MaxPool2d"
+
+    def __init__(self, k, stride=None, ceil_mode=True, name=None):
+        super().__init__(name)
+        self.k, self.stride, self.ceil_mode = int(k), int(stride or k), bool(ceil_mode)
+        self.switches = None
+        self.x_shape = None
+
+    def config(self):
+        return dict(k=self.k, stride=self.stride, ceil_mode=self.ceil_mode)
+
+    def _clear_cache(self):
+        self.switches = None
+
+    def output_shape(self, in_shape):
+        from zfscratch.kernels.reference import pool_output_size
+        n, c, h, w = in_shape
+        return (n, c, pool_output_size(h, self.k, self.stride, self.ceil_mode),
+                pool_output_size(w, self.k, self.stride, self.ceil_mode))
+
+    def forward(self, x, train=False):
+        self._check_input(x, 4)
+        y, self.switches = self.backend.kernels.maxpool_forward(x, self.k, self.stride, self.ceil_mode)
+        self.x_shape = tuple(x.shape)
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy, self.switches.shape)
+        return self.backend.kernels.maxpool_backward(dy, self.switches, self.x_shape)
+
+
+class LocalContrastNorm(Layer):
+    """Cross-channel local response normalization (the paper's "contrast normalization").
+
+    ``scale = k + alpha/size * sum_{c' in window(c)} x_{c'}^2``, ``y = x * scale^-beta``; window of
+    ``size`` channels centred on c, zero-padded at the ends (DESIGN §4). ZFNet: 5, 1e-4, 0.75, 2.
+    """
+
+    kind = "LocalContrastNorm"
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, name=None):
+        super().__init__(name)
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self._cache = None
+
+    def config(self):
+        return dict(size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
+
+    def _clear_cache(self):
+        self._cache = None
+
+    def forward(self, x, train=False):
+        self._check_input(x, 4)
+        y, scale = self.backend.kernels.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        self._cache = (x, y, scale)
+        return y
+
+    def backward(self, dy):
+        x, y, scale = self._cache
+        self._check_grad(dy, x.shape)
+        return self.backend.kernels.lrn_backward(dy, x, y, scale, self.size, self.alpha, self.beta, self.k)
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), in C-order (matches PyTorch/ONNX flattening)."""
+
+    kind = "Flatten"
+
+    def forward(self, x, train=False):
+        self._shape = tuple(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
+
+    def output_shape(self, in_shape):
+        return (in_shape[0], int(np.prod(in_shape[1:])))
+
+
+class Linear(Layer):
+    """Fully connected layer ``y = x @ w.T + b``.
+
+    Shapes: x (N, in_f) -> y (N, out_f); ``w : (out_f, in_f)``, ``b : (out_f,)``.
+    """
+
+    kind = "Linear"
+
+    def __init__(self, in_f, out_f, name=None, init_std=0.01, init_bias=0.0, rng=None, dtype=np.float32):
+        super().__init__(name)
+        self.in_f, self.out_f = int(in_f), int(out_f)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self._add_param("w", rng.normal(0.0, init_std, size=(out_f, in_f)).astype(dtype))
+        self._add_param("b", np.full(out_f, init_bias, dtype=dtype))
+        self._x = None
+
+    def config(self):
+        return dict(in_f=self.in_f, out_f=self.out_f)
+
+    def _clear_cache(self):
+        self._x = None
+
+    def output_shape(self, in_shape):
+        return (in_shape[0], self.out_f)
+
+    def forward(self, x, train=False):
+        self._check_input(x, 2, self.in_f)
+        self._x = x
+        y = x @ self.params["w"].T
+        y += self.params["b"]
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy, (self._x.shape[0], self.out_f))
+        self.grads["w"] += dy.T @ self._x
+        self.grads["b"] += dy.sum(axis=0)
+        return dy @ self.params["w"]
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each unit with probability ``p`` and scale the rest by
+    ``1/(1-p)``; identity in evaluation. The mask comes from a seeded NumPy generator whose state is
+    part of checkpoints (exact resume)."""
+
+    kind = "Dropout"
+
+    def __init__(self, p=0.5, name=None, seed=0):
+        super().__init__(name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"layer {self.name}: dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(seed)
+        self._mask = None
+
+    def config(self):
+        return dict(p=self.p)
+
+    def _clear_cache(self):
+        self._mask = None
+
+    def forward(self, x, train=False):
+        if not train or self.p == 0.0:
+            self._mask = None
+            return x
+        keep = (self.rng.random(x.shape) >= self.p).astype(np.dtype(x.dtype)) / np.dtype(x.dtype).type(1 - self.p)
+        self._mask = self.backend.to_device(keep)
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask
+
+
+class SoftmaxCrossEntropy:
+    """Softmax + mean negative log-likelihood. Not a Sequential layer: the loss at the end of the net.
+
+    ``forward(logits (N, K), labels (N,) int) -> loss`` (float) and stores ``probs (N, K)``;
+    ``backward() -> dlogits = (probs - onehot(labels)) / N``.
+    """
+
+    kind = "SoftmaxCrossEntropy"
+
+    def __init__(self, backend=None):
+        self.backend = get_backend(backend or "numpy")
+        self.probs = None
+        self._labels = None
+
+    def forward(self, logits, labels):
+        if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+            raise ValueError(f"loss: expected logits (N, K) and labels (N,), got {tuple(logits.shape)} "
+                             f"and {tuple(labels.shape)}")
+        labels = self.backend.to_device(labels, np.int64)
+        xp = self.backend.xp
+        if int(xp.min(labels)) < 0 or int(xp.max(labels)) >= logits.shape[1]:
+            raise ValueError(f"loss: labels must lie in [0, {logits.shape[1]}), got range "
+                             f"[{int(xp.min(labels))}, {int(xp.max(labels))}]")
+        loss, self.probs = self.backend.kernels.softmax_xent(logits, labels)
+        self._labels = labels
+        return loss
+
+    def backward(self):
+        n = self.probs.shape[0]
+        d = self.probs.copy()
+        d[self.backend.xp.arange(n), self._labels] -= 1
+        d /= n
+        return d
+
+
+#: kind -> class, used to rebuild networks from their saved configuration
+LAYER_KINDS = {cls.kind: cls for cls in (Conv2d, ReLU, MaxPool2d, LocalContrastNorm, Flatten, Linear, Dropout)}

@@ -1,0 +1,167 @@
+"""Architectures: ZFNet (paper Fig 3), a small ZFNet for 64x64/32x32 images, and an AlexNet-like twin.
+
+Every network is built from a JSON-serializable config, stored with saved weights, so that a
+weights file alone rebuilds its model (:func:`build_model`). All three share one block structure and
+the same layer names::
+
+    conv1 relu1 pool1 norm1  conv2 relu2 pool2 norm2  conv3 relu3  conv4 relu4  conv5 relu5 pool5
+    flatten  fc6 relu6 drop6  fc7 relu7 drop7  fc8
+
+Shapes (``zfnet``, 224x224x3): conv1 96x7x7/2 pad 1 -> 110, pool 3/2 ceil -> 55, conv2 256x5x5/2 ->
+26, pool -> 13, conv3-5 (384, 384, 256) 3x3 pad 1 -> 13, pool -> 6, fc6 9216->4096, fc7 4096->4096,
+fc8 4096->C.
+
+``zfnet_small`` (64x64x3 default): conv1 32x7x7/2 pad 3 -> 32, pool -> 16, conv2 64x5x5/1 pad 2 -> 16,
+pool -> 8, conv3-5 (96, 96, 64) -> 8, pool -> 4, fc6 1024->256, fc7 256->256, fc8 256->C. At 32x32 the
+same layers give 16, 8, 8, 4, 4, 2 (fc6 256->256).
+
+``alexnet_like`` swaps conv1 to 11x11 stride 4 pad 2 (paper Fig 6) and uses conv2 5x5/1 pad 2; at 224
+it is AlexNet's single-tower shape (55, 27, 27, 13, 13, 6); below 128 pixels it takes the small widths.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from zfscratch.kernels.reference import conv_output_size, pool_output_size
+from zfscratch.net import build_from_specs
+
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+FC_LAYERS = ("fc6", "fc7", "fc8")
+
+_SMALL = dict(widths=[32, 64, 96, 96, 64], fc=256, conv1=[7, 2, 3], conv2=[5, 1, 2], init="he")
+_LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+PRESETS = {
+    "zfnet": dict(input_size=224, num_classes=1000, widths=[96, 256, 384, 384, 256], fc=4096,
+                  conv1=[7, 2, 1], conv2=[5, 2, 0], init="paper"),
+    "zfnet_small": dict(input_size=64, num_classes=10, **_SMALL),
+    "alexnet_like": dict(input_size=64, num_classes=10, **{**_SMALL, "conv1": [11, 4, 2]}),
+}
+ARCHS = tuple(PRESETS)
+
+
+def default_config(arch, **overrides):
+    """Full config of ``arch`` with ``overrides`` applied (None values ignored).
+
+    Keys: arch, input_size, in_channels, num_classes, widths (5 conv widths), fc (width of fc6/fc7),
+    conv1/conv2 ([k, stride, pad]), pool ([k, stride]), lrn (dict), dropout, init ("paper": weights
+    N(0, 0.01^2); "he": N(0, 2/fan_in), fc8 N(0, 0.01^2)), seed.
+    """
+    if arch not in PRESETS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    cfg = dict(arch=arch, in_channels=3, pool=[3, 2], lrn=dict(_LRN), dropout=0.5, seed=0)
+    cfg.update(copy.deepcopy(PRESETS[arch]))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if arch == "alexnet_like" and overrides.get("input_size", cfg["input_size"]) >= 128:
+        cfg.update(widths=[96, 256, 384, 384, 256], fc=4096)
+    cfg.update(overrides)
+    return cfg
+
+
+def _init(kind, fan_in, scheme, last=False):
+    if scheme == "paper" or last:
+        return {"init_std": 0.01}
+    if scheme == "he":
+        return {"init_std": math.sqrt(2.0 / fan_in)}
+    raise ValueError(f"unknown init scheme {scheme!r}; expected paper or he")
+
+
+def _flat_size(specs, size):
+    """Length of the flattened feature vector after the conv/pool specs for a size x size input."""
+    c, h = None, size
+    for s in specs:
+        kw = s["config"]
+        if s["kind"] == "Conv2d":
+            c, h = kw["out_ch"], conv_output_size(h, kw["k"], kw["stride"], kw["pad"])
+        elif s["kind"] == "MaxPool2d":
+            h = pool_output_size(h, kw["k"], kw["stride"], kw["ceil_mode"])
+    return c * h * h
+
+
+def specs_from_config(cfg):
+    """Layer specs (see ``Sequential.layer_specs``) for a ZFNet-family config."""
+    w1, w2, w3, w4, w5 = cfg["widths"]
+    pk, ps = cfg["pool"]
+    lrn = cfg["lrn"]
+    specs = []
+
+    def conv(name, cin, cout, k, s, p):
+        specs.append(dict(kind="Conv2d", name=name, config=dict(in_ch=cin, out_ch=cout, k=k, stride=s, pad=p),
+                          init=_init("conv", cin * k * k, cfg["init"])))
+
+    def add(kind, name, **kw):
+        specs.append(dict(kind=kind, name=name, config=kw))
+
+    conv("conv1", cfg["in_channels"], w1, *cfg["conv1"])
+    add("ReLU", "relu1"), add("MaxPool2d", "pool1", k=pk, stride=ps, ceil_mode=True)
+    add("LocalContrastNorm", "norm1", **lrn)
+    conv("conv2", w1, w2, *cfg["conv2"])
+    add("ReLU", "relu2"), add("MaxPool2d", "pool2", k=pk, stride=ps, ceil_mode=True)
+    add("LocalContrastNorm", "norm2", **lrn)
+    conv("conv3", w2, w3, 3, 1, 1), add("ReLU", "relu3")
+    conv("conv4", w3, w4, 3, 1, 1), add("ReLU", "relu4")
+    conv("conv5", w4, w5, 3, 1, 1), add("ReLU", "relu5")
+    add("MaxPool2d", "pool5", k=pk, stride=ps, ceil_mode=True)
+    add("Flatten", "flatten")
+    flat, fc = _flat_size(specs, cfg["input_size"]), cfg["fc"]
+    for name, cin, cout, i in (("fc6", flat, fc, 6), ("fc7", fc, fc, 7)):
+        specs.append(dict(kind="Linear", name=name, config=dict(in_f=cin, out_f=cout),
+                          init=_init("fc", cin, cfg["init"])))
+        add("ReLU", f"relu{i}"), add("Dropout", f"drop{i}", p=cfg["dropout"])
+    specs.append(dict(kind="Linear", name="fc8", config=dict(in_f=fc, out_f=cfg["num_classes"]),
+                      init=_init("fc", fc, cfg["init"], last=True)))
+    return specs
+
+
+def build_model(config, backend=None, seed=None, dtype=np.float32):
+    """Build a network from a config dict.
+
+    Parameters
+    ----------
+    config : dict
+        ``{"arch": "zfnet"|"zfnet_small"|"alexnet_like", ...overrides}`` (missing keys take the preset's
+        values), or ``{"arch": "custom", "layers": [layer specs]}`` (e.g. an imported ONNX model).
+    backend : str or Backend
+    seed : int, weight-init seed (default: config["seed"] or 0)
+
+    Returns
+    -------
+    Sequential, whose ``.config`` is the full config.
+    """
+    arch = config.get("arch")
+    if arch == "custom":
+        cfg = copy.deepcopy(config)
+        specs = cfg["layers"]
+    else:
+        cfg = default_config(arch, **{k: v for k, v in config.items() if k != "arch"})
+        specs = specs_from_config(cfg)
+    if seed is None:
+        seed = cfg.get("seed", 0)
+    try:
+        return build_from_specs(specs, backend=backend, config=cfg, seed=seed, dtype=dtype)
+    except ValueError as e:
+        raise ValueError(f"cannot build {arch} for input size {cfg.get('input_size')}: {e}") from None
+
+
+def zfnet(num_classes=1000, backend=None, seed=0, **kw):
+    """ZFNet as in the paper (Fig 3): 224x224x3 input, ~2.3 GFLOP per image forward."""
+    return build_model(dict(arch="zfnet", num_classes=num_classes, **kw), backend, seed)
+
+
+def zfnet_small(num_classes=10, input_size=64, backend=None, seed=0, **kw):
+    """ZFNet's block structure scaled for 64x64 (or 32x32) inputs and ~10 classes."""
+    return build_model(dict(arch="zfnet_small", num_classes=num_classes, input_size=input_size, **kw), backend, seed)
+
+
+def alexnet_like(num_classes=10, input_size=64, backend=None, seed=0, **kw):
+    """As zfnet_small (or zfnet at >= 128 px) but with AlexNet's 11x11 stride-4 first layer (Fig 6)."""
+    return build_model(dict(arch="alexnet_like", num_classes=num_classes, input_size=input_size, **kw), backend, seed)
+
+
+def input_shape(net):
+    """(C, H, W) the network expects, from its config."""
+    cfg = net.config
+    return (cfg.get("in_channels", 3), cfg["input_size"], cfg["input_size"])

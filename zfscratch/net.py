@@ -1,0 +1,198 @@
+"""Sequential network: named layers, forward/backward, parameters and gradients in a fixed order."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from zfscratch.backend import get_backend
+from zfscratch.layers import LAYER_KINDS, Conv2d
+
+
+class Sequential:
+    """A chain of layers with unique names.
+
+    Parameters
+    ----------
+    layers : list of Layer
+    backend : str or Backend, default numpy
+    config : dict, how the network was built (``models.build_model`` rebuilds it from this)
+
+    Gradients are exposed as one list in a fixed order (``params()``/``grads()``), and the optimizer
+    step is separate from gradient computation, so a data-parallel all-reduce can sit in between
+    (DESIGN §9).
+    """
+
+    def __init__(self, layers, backend=None, config=None):
+        names = [l.name for l in layers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate layer names: {sorted(dup)}")
+        self.layers = list(layers)
+        self.config = copy.deepcopy(config) if config is not None else {"arch": "custom", "layers": self.layer_specs()}
+        self._index = {l.name: i for i, l in enumerate(self.layers)}
+        self.backend = get_backend("numpy")
+        self.to(backend or "numpy")
+        self._mark_first_conv()
+
+    # -- structure ------------------------------------------------------------------------
+    def _mark_first_conv(self):
+        """The first layer with parameters needs no input gradient: skip that work in backward."""
+        for l in self.layers:
+            if isinstance(l, Conv2d):
+                l.need_dx = False
+                break
+            if l.params:
+                break
+
+    def names(self):
+        """Layer names in order."""
+        return [l.name for l in self.layers]
+
+    def layer(self, name):
+        """The layer called ``name`` (KeyError naming the known layers otherwise)."""
+        try:
+            return self.layers[self._index[name]]
+        except KeyError:
+            raise KeyError(f"no layer {name!r}; layers: {', '.join(self.names())}") from None
+
+    def index(self, name):
+        """Position of layer ``name``."""
+        self.layer(name)
+        return self._index[name]
+
+    def layer_specs(self):
+        """``[{"kind", "name", "config"}, ...]``: enough to rebuild the architecture."""
+        return [{"kind": l.kind, "name": l.name, "config": l.config()} for l in self.layers]
+
+    def output_shapes(self, in_shape):
+        """``[(name, shape), ...]`` of every layer's output for an input of shape ``in_shape``."""
+        out, shape = [], tuple(in_shape)
+        for l in self.layers:
+            shape = l.output_shape(shape)
+            out.append((l.name, shape))
+        return out
+
+    @property
+    def dtype(self):
+        for _, p in self.params():
+            return np.dtype(p.dtype)
+        return np.dtype(np.float32)
+
+    def summary(self, in_shape):
+        """Text table of layers, output shapes and parameter counts."""
+        rows = [f"{'layer':<10} {'kind':<18} {'output':<22} {'params':>10}"]
+        for (name, shape), l in zip(self.output_shapes(in_shape), self.layers):
+            n = sum(int(np.prod(p.shape)) for p in l.params.values())
+            rows.append(f"{name:<10} {l.kind:<18} {str(tuple(shape[1:])):<22} {n:>10,}")
+        total = sum(int(np.prod(p.shape)) for _, p in self.params())
+        rows.append(f"{'total':<10} {'':<18} {'':<22} {total:>10,}")
+        return "\n".join(rows)
+
+    # -- compute --------------------------------------------------------------------------
+    def forward(self, x, train=False):
+        """Run every layer. x : (N, C, H, W) -> logits (N, K)."""
+        return self.forward_range(x, 0, len(self.layers), train)
+
+    def forward_to(self, x, layer_name, train=False):
+        """Run the layers up to and including ``layer_name``; returns that layer's output."""
+        return self.forward_range(x, 0, self.index(layer_name) + 1, train)
+
+    def forward_range(self, x, start, stop, train=False):
+        """Run layers with index in ``[start, stop)`` on ``x``."""
+        for l in self.layers[start:stop]:
+            x = l.forward(x, train)
+        return x
+
+    def backward(self, dy):
+        """Backpropagate ``dy`` (gradient of the loss w.r.t. the logits) through every layer.
+
+        Accumulates parameter gradients; returns the input gradient (None when the first conv layer
+        skips it).
+        """
+        for l in reversed(self.layers):
+            dy = l.backward(dy)
+            if dy is None:
+                break
+        return dy
+
+    # -- parameters -----------------------------------------------------------------------
+    def params(self):
+        """``[(qualified_name, array), ...]`` in a fixed order (layer order, then w before b)."""
+        return [(f"{l.name}.{k}", v) for l in self.layers for k, v in l.params.items()]
+
+    def grads(self):
+        """Gradient arrays in the same order as :meth:`params`."""
+        return [l.grads[k] for l in self.layers for k in l.params]
+
+    def zero_grads(self):
+        for l in self.layers:
+            l.zero_grads()
+
+    def state_dict(self):
+        """``{"conv1.w": numpy array, ...}`` (host copies)."""
+        return {k: np.array(self.backend.to_host(v)) for k, v in self.params()}
+
+    def load_state_dict(self, state):
+        """Copy arrays into the parameters, checking names and shapes.
+
+        Raises
+        ------
+        ValueError
+            naming the first missing, unexpected or mis-shaped key.
+        """
+        own = dict(self.params())
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if missing or extra:
+            raise ValueError(f"parameters do not match the network: missing {missing or 'none'}, "
+                             f"unexpected {extra or 'none'}")
+        for k, v in own.items():
+            arr = np.asarray(self.backend.to_host(state[k]))
+            if tuple(arr.shape) != tuple(v.shape):
+                raise ValueError(f"parameter {k}: expected shape {tuple(v.shape)}, got {tuple(arr.shape)}")
+        for l in self.layers:
+            for k in l.params:
+                l.params[k][...] = self.backend.to_device(self.backend.to_host(state[f"{l.name}.{k}"]),
+                                                          l.params[k].dtype)
+
+    def to(self, backend, dtype=None):
+        """Move every layer to ``backend`` (name or Backend), optionally casting to ``dtype``."""
+        self.backend = get_backend(backend)
+        for l in self.layers:
+            l.set_backend(self.backend, dtype)
+        return self
+
+    def astype(self, dtype):
+        """Cast parameters to ``dtype`` (e.g. float64 for gradient checks); returns self."""
+        return self.to(self.backend, np.dtype(dtype))
+
+    def dropout_layers(self):
+        return [l for l in self.layers if l.kind == "Dropout"]
+
+    def rng_state(self):
+        """States of the dropout generators (part of checkpoints)."""
+        return {l.name: l.rng.bit_generator.state for l in self.dropout_layers()}
+
+    def set_rng_state(self, state):
+        for l in self.dropout_layers():
+            if l.name in state:
+                l.rng.bit_generator.state = state[l.name]
+
+
+def build_from_specs(specs, backend=None, config=None, seed=0, dtype=np.float32):
+    """Build a :class:`Sequential` from ``[{"kind", "name", "config"}, ...]`` (see ``layer_specs``)."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for spec in specs:
+        kind = spec["kind"]
+        if kind not in LAYER_KINDS:
+            raise ValueError(f"unknown layer kind {kind!r} (layer {spec.get('name')})")
+        kw = dict(spec.get("config", {}))
+        if kind in ("Conv2d", "Linear"):
+            kw.update(rng=rng, dtype=dtype)
+            kw.update((k, v) for k, v in spec.get("init", {}).items())
+        elif kind == "Dropout":
+            kw["seed"] = int(rng.integers(2**31))
+        layers.append(LAYER_KINDS[kind](name=spec["name"], **kw))
+    return Sequential(layers, backend=backend, config=config)
