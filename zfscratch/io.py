@@ -103,17 +103,27 @@ def load_npz(path, what="npz file"):
     return arrays, meta
 
 
-def save_weights(path, net, meta=None):
+EXTRA_PREFIX = "extra/"
+
+
+def save_weights(path, net, meta=None, extra=None):
     """Save a network's parameters and a self-describing metadata record (atomic).
 
-    ``meta`` may carry e.g. ``classes`` (list of names), ``mean`` (list or nested list: the training
-    mean), ``preprocessing`` (dict); ``config`` and ``format`` are filled in here.
+    Parameters
+    ----------
+    meta : dict, e.g. ``classes`` (list of names), ``preprocessing`` (dict); ``config``, ``format``
+        and ``version`` are filled in here.
+    extra : dict name -> array, non-parameter arrays kept with the model (e.g. ``mean``: the
+        training mean image (H, W, 3) float32); stored under ``extra/<name>``.
     """
     meta = dict(meta or {})
     meta["format"] = WEIGHTS_FORMAT
     meta["version"] = 1
     meta["config"] = net.config
-    atomic_savez(path, net.state_dict(), meta)
+    arrays = net.state_dict()
+    for k, v in (extra or {}).items():
+        arrays[EXTRA_PREFIX + k] = np.asarray(v)
+    atomic_savez(path, arrays, meta)
 
 
 def load_weights(path, backend=None, dtype=np.float32):
@@ -122,7 +132,7 @@ def load_weights(path, backend=None, dtype=np.float32):
     Returns
     -------
     net : Sequential on ``backend``
-    meta : dict
+    meta : dict, with the extra arrays saved beside the weights under ``meta["extra"]`` (name -> array)
 
     Raises
     ------
@@ -140,6 +150,7 @@ def load_weights(path, backend=None, dtype=np.float32):
         net = build_model(meta["config"], dtype=dtype)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"weights file {path}: cannot build its architecture: {e}") from None
+    meta["extra"] = {k[len(EXTRA_PREFIX):]: arrays.pop(k) for k in list(arrays) if k.startswith(EXTRA_PREFIX)}
     check_arrays(arrays, dict(net.params()), path)
     net.load_state_dict(arrays)
     if backend is not None:
