@@ -1,0 +1,727 @@
+"""CPU kernels: Numba for the data movement and the element-wise work, BLAS (through NumPy) for the GEMMs.
+
+Same functions and the same semantics as :mod:`zfscratch.kernels.reference` (DESIGN §3, §4); the tests
+in ``tests/test_cpu_kernels.py`` hold them to it (identical switches, values to rounding).
+
+How the convolution is done
+---------------------------
+A convolution is one GEMM per chunk of images, ``Y (F, P) = W (F, K) @ cols (K, P)``, with
+``K = C*kh*kw`` and ``P = images_in_chunk * Ho*Wo`` (DESIGN §10):
+
+* **Polyphase im2col.** The padded input is first split into its ``stride x stride`` phases,
+  ``xph[c, a, b, u, v] = xpad[c, u*s + a, v*s + b]``. In phase space every row of ``cols`` is a set of
+  *contiguous* runs (``xph[c, i%s, j%s, oy + i//s, j//s : j//s + Wo]``), so im2col is a plain vectorised
+  copy for every stride and the padding costs no branch. The adjoint (col2im) accumulates into phase
+  space the same way, then merges the phases back.
+* **Bias folded into the GEMM.** ``cols`` gets an extra row of ones and ``W`` the bias as an extra
+  column, so ``y = W @ x + b`` costs no extra pass; in backward the same row makes the GEMM return
+  ``db`` as the last column of ``dW``.
+* **Batch folding.** Layers with small outputs (conv3-5: 13x13) put several images side by side in
+  one GEMM (``_TARGET_COLS`` columns), which keeps the GEMM efficient; large layers (conv1: 110x110)
+  run one image per GEMM, writing straight into the output, so no transpose is needed.
+* **Workspaces.** The ``cols`` and phase buffers are kept per thread and reused across calls
+  (DESIGN §10: fresh large buffers cost page faults). They never leave this module: every array a
+  kernel returns is freshly allocated.
+
+Numba rules (DESIGN §2): ``cache=True``; ``prange`` only on the outermost loop and every iteration
+writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN must propagate).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import njit, prange
+
+from .reference import conv_output_size, pool_output_size
+
+NAME = "cpu"
+
+#: columns per convolution GEMM that batch folding aims for (measured: ~2000-3000 columns reach the
+#: BLAS's large-matrix speed on conv3-5 shapes; more only grows the workspace)
+_TARGET_COLS = 2048
+
+_JIT = dict(parallel=True, cache=True, nogil=True)
+
+
+# ============================================================================= workspaces
+_TLS = threading.local()
+
+
+def _workspace(key, shape, dtype):
+    """A scratch array of ``shape`` and ``dtype`` backed by a buffer reused across calls.
+
+    One buffer per ``(key, dtype)`` and per Python thread; it only grows. The returned array is
+    contiguous and its contents are undefined. It must not escape the kernel that asked for it.
+    """
+    pool = getattr(_TLS, "pool", None)
+    if pool is None:
+        pool = _TLS.pool = {}
+    dtype = np.dtype(dtype)
+    n = 1
+    for s in shape:
+        n *= int(s)
+    buf = pool.get((key, dtype))
+    if buf is None or buf.size < n:
+        buf = pool[(key, dtype)] = np.empty(max(n, 1), dtype)
+    return buf[:n].reshape(shape)
+
+
+def clear_workspaces():
+    """Free the calling thread's scratch buffers (they are re-created on demand)."""
+    if getattr(_TLS, "pool", None):
+        _TLS.pool.clear()
+
+
+def _float_dtype(*arrays):
+    dt = np.result_type(*arrays)
+    if dt.kind != "f":
+        dt = np.dtype(np.float64)
+    return dt
+
+
+# ============================================================================= convolution: Numba parts
+@njit(**_JIT)
+def _phase_split(x, n0, pad, xph):
+    """Pad and split images ``x[n0 : n0+G]`` into stride phases.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float
+    n0 : int, first image of the chunk
+    pad : int
+    xph : (G, C, s, s, Hq, Wq) float, output: ``xph[g, c, a, b, u, v] = x[n0+g, c, u*s+a-pad, v*s+b-pad]``
+        (zero outside the image)
+    """
+    g_n, c_n, s = xph.shape[0], xph.shape[1], xph.shape[2]
+    hq, wq = xph.shape[4], xph.shape[5]
+    h, w = x.shape[2], x.shape[3]
+    for t in prange(g_n * c_n * s):
+        g = t // (c_n * s)
+        c = (t // s) % c_n
+        a = t % s
+        for b in range(s):
+            # valid v: 0 <= v*s + b - pad < w
+            v0 = min(max(0, -((b - pad) // s)), wq)
+            v1 = min(max(v0, (w - 1 + pad - b) // s + 1), wq)
+            for u in range(hq):
+                yy = u * s + a - pad
+                if yy < 0 or yy >= h:
+                    for v in range(wq):
+                        xph[g, c, a, b, u, v] = 0
+                else:
+                    for v in range(v0):
+                        xph[g, c, a, b, u, v] = 0
+                    off = b - pad
+                    for v in range(v0, v1):
+                        xph[g, c, a, b, u, v] = x[n0 + g, c, yy, v * s + off]
+                    for v in range(v1, wq):
+                        xph[g, c, a, b, u, v] = 0
+
+
+@njit(**_JIT)
+def _im2col(xph, kh, kw, ho, wo, cols):
+    """Patches in phase space -> columns.
+
+    Parameters
+    ----------
+    xph : (G, C, s, s, Hq, Wq) float, from :func:`_phase_split`
+    kh, kw, ho, wo : int
+    cols : (K or K+1, G*Ho*Wo) float, output; row ``(c*kh + i)*kw + j``, column ``g*Ho*Wo + oy*Wo + ox``
+        holds ``xpad[g, c, oy*s + i, ox*s + j]``. A row ``K`` (if present) is set to ones (bias row).
+    """
+    g_n, c_n, s = xph.shape[0], xph.shape[1], xph.shape[2]
+    k = c_n * kh * kw
+    hw = ho * wo
+    for t in prange(cols.shape[0] * g_n):
+        r = t // g_n
+        g = t % g_n
+        base = g * hw
+        if r == k:
+            for p in range(hw):
+                cols[r, base + p] = 1
+            continue
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        a, b, di, dj = i % s, j % s, i // s, j // s
+        for oy in range(ho):
+            d0 = base + oy * wo
+            for ox in range(wo):
+                cols[r, d0 + ox] = xph[g, c, a, b, oy + di, ox + dj]
+
+
+@njit(**_JIT)
+def _col2im(dcols, kh, kw, ho, wo, dxph):
+    """Adjoint of :func:`_im2col`: accumulate columns into phase space.
+
+    Parameters
+    ----------
+    dcols : (K, G*Ho*Wo) float
+    dxph : (G, C, s, s, Hq, Wq) float, output (overwritten). Each pixel sums its contributions in
+        row-major ``(i, j)`` order, as the reference does.
+    """
+    g_n, c_n, s = dxph.shape[0], dxph.shape[1], dxph.shape[2]
+    hq, wq = dxph.shape[4], dxph.shape[5]
+    hw = ho * wo
+    for t in prange(g_n * c_n * s):
+        g = t // (c_n * s)
+        c = (t // s) % c_n
+        a = t % s
+        for b in range(s):
+            for u in range(hq):
+                for v in range(wq):
+                    dxph[g, c, a, b, u, v] = 0
+        for i in range(a, kh, s):
+            di = i // s
+            for j in range(kw):
+                b, dj = j % s, j // s
+                r = (c * kh + i) * kw + j
+                for oy in range(ho):
+                    d0 = g * hw + oy * wo
+                    for ox in range(wo):
+                        dxph[g, c, a, b, oy + di, ox + dj] += dcols[r, d0 + ox]
+
+
+@njit(**_JIT)
+def _phase_merge(dxph, pad, n0, dx):
+    """Inverse of :func:`_phase_split` (dropping the padding): ``dx[n0+g, c, y, x] = dxph[...]``.
+
+    dxph : (G, C, s, s, Hq, Wq) float ; dx : (N, C, H, W) float, output slice ``[n0 : n0+G]``
+    """
+    g_n, c_n, s = dxph.shape[0], dxph.shape[1], dxph.shape[2]
+    h, w = dx.shape[2], dx.shape[3]
+    for t in prange(g_n * c_n * h):
+        g = t // (c_n * h)
+        c = (t // h) % c_n
+        y = t % h
+        yy = y + pad
+        a, u = yy % s, yy // s
+        for x in range(w):
+            xx = x + pad
+            dx[n0 + g, c, y, x] = dxph[g, c, a, xx % s, u, xx // s]
+
+
+@njit(**_JIT)
+def _scatter_images(yc, n0, y):
+    """GEMM result (F, G*HW) -> ``y[n0 : n0+G]`` viewed as (N, F, HW)."""
+    f_n, hw = y.shape[1], y.shape[2]
+    g_n = yc.shape[1] // hw
+    for t in prange(g_n * f_n):
+        g = t // f_n
+        f = t % f_n
+        for p in range(hw):
+            y[n0 + g, f, p] = yc[f, g * hw + p]
+
+
+@njit(**_JIT)
+def _gather_images(dy, n0, dyc):
+    """``dy[n0 : n0+G]`` viewed as (N, F, HW) -> (F, G*HW) (inverse of :func:`_scatter_images`)."""
+    f_n, hw = dy.shape[1], dy.shape[2]
+    g_n = dyc.shape[1] // hw
+    for t in prange(g_n * f_n):
+        g = t // f_n
+        f = t % f_n
+        for p in range(hw):
+            dyc[f, g * hw + p] = dy[n0 + g, f, p]
+
+
+# ============================================================================= convolution: drivers
+class _ConvGeom:
+    """Sizes of one convolution, and the chunking of its batch into GEMMs."""
+
+    def __init__(self, x_shape, w_shape, stride, pad):
+        n, c, h, w = (int(v) for v in x_shape)
+        f, c2, kh, kw = (int(v) for v in w_shape)
+        if c != c2:
+            raise ValueError(f"conv: input has {c} channels but weights {tuple(w_shape)} expect {c2}")
+        stride, pad = int(stride), int(pad)
+        if stride < 1 or pad < 0:
+            raise ValueError(f"conv: stride must be >= 1 and pad >= 0, got stride={stride} pad={pad}")
+        self.n, self.c, self.h, self.w = n, c, h, w
+        self.f, self.kh, self.kw, self.s, self.p = f, kh, kw, stride, pad
+        self.ho = conv_output_size(h, kh, stride, pad)
+        self.wo = conv_output_size(w, kw, stride, pad)
+        self.hw = self.ho * self.wo
+        self.k = c * kh * kw
+        self.hq = -(-(h + 2 * pad) // stride)
+        self.wq = -(-(w + 2 * pad) // stride)
+        self.direct = stride == 1 and pad == 0  # phase space is the input itself
+        g = 1 if self.hw >= _TARGET_COLS else min(max(n, 1), -(-_TARGET_COLS // self.hw))
+        nchunks = -(-n // g) if n else 0
+        self.g = -(-n // nchunks) if nchunks else 1  # balance the chunks
+
+    def chunks(self):
+        """``(n0, images)`` per GEMM."""
+        for n0 in range(0, self.n, self.g):
+            yield n0, min(self.g, self.n - n0)
+
+    def phases(self, x, n0, gn, dt):
+        """Phase-space view (``direct``) or filled workspace of images ``x[n0 : n0+gn]``."""
+        if self.direct:
+            return x[n0:n0 + gn].reshape(gn, self.c, 1, 1, self.h, self.w)
+        xph = _workspace("conv_phase", (gn, self.c, self.s, self.s, self.hq, self.wq), dt)
+        _phase_split(x, n0, self.p, xph)
+        return xph
+
+    def columns(self, x, n0, gn, rows, dt):
+        """im2col of images ``x[n0 : n0+gn]`` into the ``cols`` workspace: (rows, gn*HW)."""
+        xph = self.phases(x, n0, gn, dt)
+        cols = _workspace("conv_cols", (rows, gn * self.hw), dt)
+        _im2col(xph, self.kh, self.kw, self.ho, self.wo, cols)
+        return cols
+
+    def add_columns_to_image(self, dcols, n0, gn, dx, dt):
+        """col2im of ``dcols (K, gn*HW)`` into ``dx[n0 : n0+gn]`` (overwritten)."""
+        if self.direct:
+            dxph = dx[n0:n0 + gn].reshape(gn, self.c, 1, 1, self.h, self.w)
+            _col2im(dcols, self.kh, self.kw, self.ho, self.wo, dxph)
+        else:
+            dxph = _workspace("conv_phase", (gn, self.c, self.s, self.s, self.hq, self.wq), dt)
+            _col2im(dcols, self.kh, self.kw, self.ho, self.wo, dxph)
+            _phase_merge(dxph, self.p, n0, dx)
+
+
+def conv2d_forward(x, w, b, stride, pad):
+    """Cross-correlation: im2col + BLAS GEMM with the bias folded in.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float
+    w : (F, C, kh, kw) float
+    b : (F,) float or None
+    stride, pad : int
+
+    Returns
+    -------
+    y : (N, F, Ho, Wo) float, a new array
+    """
+    dt = _float_dtype(x, w) if b is None else _float_dtype(x, w, b)
+    x = np.ascontiguousarray(x, dtype=dt)
+    geo = _ConvGeom(x.shape, w.shape, stride, pad)
+    f, k, hw = geo.f, geo.k, geo.hw
+    rows = k + (b is not None)
+    wm = np.empty((f, rows), dt)
+    wm[:, :k] = np.reshape(w, (f, k))
+    if b is not None:
+        wm[:, k] = b
+    y = np.empty((geo.n, f, geo.ho, geo.wo), dt)
+    y3 = y.reshape(geo.n, f, hw)
+    for n0, gn in geo.chunks():
+        cols = geo.columns(x, n0, gn, rows, dt)
+        if gn == 1:
+            np.matmul(wm, cols, out=y3[n0])
+        else:
+            yc = _workspace("conv_gemm", (f, gn * hw), dt)
+            np.matmul(wm, cols, out=yc)
+            _scatter_images(yc, n0, y3)
+    return y
+
+
+def _dy_chunk(dy3, n0, gn, dt):
+    """``dy`` of images ``[n0 : n0+gn]`` as one (F, gn*HW) matrix (a view when gn == 1)."""
+    if gn == 1:
+        return dy3[n0]
+    dyc = _workspace("conv_gemm", (dy3.shape[1], gn * dy3.shape[2]), dt)
+    _gather_images(dy3, n0, dyc)
+    return dyc
+
+
+def conv2d_backward(dy, x, w, stride, pad, need_dx=True):
+    """Gradients of :func:`conv2d_forward`.
+
+    Per chunk of images: im2col (with the ones row), ``[dW | db] += dY @ cols.T``, then, if ``need_dx``,
+    ``dcols = W.T @ dY`` (into the same workspace) and col2im.
+
+    Parameters
+    ----------
+    dy : (N, F, Ho, Wo) float
+    x : (N, C, H, W) float
+    w : (F, C, kh, kw) float
+    stride, pad : int
+    need_dx : bool, when False ``dx`` is not computed and None is returned in its place
+
+    Returns
+    -------
+    dx : (N, C, H, W) or None, dw : (F, C, kh, kw), db : (F,)
+    """
+    dt = _float_dtype(dy, x, w)
+    x = np.ascontiguousarray(x, dtype=dt)
+    geo = _ConvGeom(x.shape, w.shape, stride, pad)
+    _check_dy(dy, geo)
+    f, k, hw = geo.f, geo.k, geo.hw
+    dy3 = np.ascontiguousarray(dy, dtype=dt).reshape(geo.n, f, hw)
+    wm = np.ascontiguousarray(np.reshape(w, (f, k)), dtype=dt)
+    dwb = np.zeros((f, k + 1), dt)
+    part = np.empty((f, k + 1), dt)
+    dx = np.empty(x.shape, dt) if need_dx else None
+    for n0, gn in geo.chunks():
+        cols = geo.columns(x, n0, gn, k + 1, dt)
+        dyc = _dy_chunk(dy3, n0, gn, dt)
+        np.matmul(dyc, cols.T, out=part)
+        dwb += part
+        if need_dx:
+            dcols = _workspace("conv_cols", (k, gn * hw), dt)  # reuses the cols buffer
+            np.matmul(wm.T, dyc, out=dcols)
+            geo.add_columns_to_image(dcols, n0, gn, dx, dt)
+    dw = np.ascontiguousarray(dwb[:, :k]).reshape(f, geo.c, geo.kh, geo.kw)
+    db = np.ascontiguousarray(dwb[:, k])
+    return dx, dw, db
+
+
+def _check_dy(dy, geo):
+    want = (geo.n, geo.f, geo.ho, geo.wo)
+    if tuple(dy.shape) != want:
+        raise ValueError(f"conv: gradient of shape {tuple(dy.shape)} does not match the output shape {want}")
+
+
+def conv2d_backward_data(dy, w, x_shape, stride, pad):
+    """Gradient with respect to the input only, i.e. the transposed convolution (the DeconvNet's filter).
+
+    Parameters
+    ----------
+    dy : (N, F, Ho, Wo) float
+    w : (F, C, kh, kw) float
+    x_shape : tuple (N, C, H, W)
+    stride, pad : int
+
+    Returns
+    -------
+    dx : (N, C, H, W) float, a new array
+    """
+    dt = _float_dtype(dy, w)
+    geo = _ConvGeom(x_shape, w.shape, stride, pad)
+    _check_dy(dy, geo)
+    f, k, hw = geo.f, geo.k, geo.hw
+    dy3 = np.ascontiguousarray(dy, dtype=dt).reshape(geo.n, f, hw)
+    wm = np.ascontiguousarray(np.reshape(w, (f, k)), dtype=dt)
+    dx = np.empty(tuple(int(v) for v in x_shape), dt)
+    for n0, gn in geo.chunks():
+        dyc = _dy_chunk(dy3, n0, gn, dt)
+        dcols = _workspace("conv_cols", (k, gn * hw), dt)
+        np.matmul(wm.T, dyc, out=dcols)
+        geo.add_columns_to_image(dcols, n0, gn, dx, dt)
+    return dx
+
+
+# ============================================================================= max-pool
+@njit(**_JIT)
+def _maxpool_fwd(x, k, s, y, sw):
+    """Max over clipped windows; ``sw`` gets the first maximum in row-major window order.
+
+    x : (N, C, H, W) ; y : (N, C, Ho, Wo) ; sw : (N, C, Ho, Wo) int32 (outputs)
+    NaN wins like in ``np.argmax``: the first NaN of the window is taken.
+    """
+    n_n, c_n, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    for t in prange(n_n * c_n):
+        n = t // c_n
+        c = t % c_n
+        for i in range(ho):
+            h0 = i * s
+            h1 = min(h0 + k, h)
+            for j in range(wo):
+                w0 = j * s
+                w1 = min(w0 + k, w)
+                best = x[n, c, h0, w0]
+                arg = h0 * w + w0
+                for hh in range(h0, h1):
+                    for ww in range(w0, w1):
+                        v = x[n, c, hh, ww]
+                        # v > best, or v is the first NaN (once best is NaN nothing replaces it)
+                        if best == best and not v <= best:
+                            best = v
+                            arg = hh * w + ww
+                y[n, c, i, j] = best
+                sw[n, c, i, j] = arg
+
+
+def maxpool_forward(x, k, stride, ceil_mode):
+    """Max-pool with switches (no padding; ceil-mode windows clipped to the input).
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float
+    k, stride : int
+    ceil_mode : bool
+
+    Returns
+    -------
+    y : (N, C, Ho, Wo) float
+    switches : (N, C, Ho, Wo) int32, flat index ``h * W + w`` of the winner in its input plane
+    """
+    x = np.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    ho = pool_output_size(h, int(k), int(stride), ceil_mode)
+    wo = pool_output_size(w, int(k), int(stride), ceil_mode)
+    y = np.empty((n, c, ho, wo), x.dtype)
+    sw = np.empty((n, c, ho, wo), np.int32)
+    _maxpool_fwd(x, int(k), int(stride), y, sw)
+    return y, sw
+
+
+@njit(**_JIT)
+def _maxpool_bwd(dy, sw, dx, bad):
+    """Scatter-add ``dy`` to the switch positions, one (n, c) plane per task.
+
+    dy, sw : (P, Ho*Wo) ; dx : (P, H*W) output (overwritten) ; bad : (P,) uint8, set where a switch
+    is out of range (that entry is skipped).
+    """
+    p_n, m = dy.shape
+    hw = dx.shape[1]
+    for t in prange(p_n):
+        for q in range(hw):
+            dx[t, q] = 0
+        for q in range(m):
+            idx = sw[t, q]
+            if idx < 0 or idx >= hw:
+                bad[t] = 1
+            else:
+                dx[t, idx] += dy[t, q]
+
+
+def maxpool_backward(dy, switches, x_shape):
+    """Route ``dy`` to the switch positions (sums where windows overlap); also the DeconvNet's unpooling.
+
+    Parameters
+    ----------
+    dy : (N, C, Ho, Wo) float
+    switches : (N, C, Ho, Wo) int32
+    x_shape : tuple (N, C, H, W)
+
+    Returns
+    -------
+    dx : (N, C, H, W) float
+
+    Raises
+    ------
+    IndexError
+        when a switch does not index its input plane.
+    """
+    n, c, h, w = (int(v) for v in x_shape)
+    if tuple(switches.shape) != tuple(dy.shape) or tuple(dy.shape[:2]) != (n, c):
+        raise ValueError(f"maxpool_backward: dy {tuple(dy.shape)}, switches {tuple(switches.shape)} and "
+                         f"x_shape {(n, c, h, w)} do not match")
+    p = n * c
+    dy2 = np.ascontiguousarray(dy).reshape(p, -1)
+    sw2 = np.ascontiguousarray(switches, dtype=np.int32).reshape(p, -1)
+    dx = np.empty((p, h * w), dy2.dtype)
+    bad = np.zeros(p, np.uint8)
+    _maxpool_bwd(dy2, sw2, dx, bad)
+    if bad.any():
+        raise IndexError(f"maxpool_backward: switches out of range [0, {h * w}) for planes of {h}x{w}")
+    return dx.reshape(n, c, h, w)
+
+
+# ============================================================================= ReLU
+@njit(**_JIT)
+def _relu_fwd(x, y):
+    """``y = max(x, 0)`` over flat arrays; NaN propagates as in ``np.maximum``."""
+    for i in prange(x.size):
+        v = x[i]
+        if v <= 0:
+            y[i] = 0
+        else:
+            y[i] = v
+
+
+@njit(**_JIT)
+def _relu_bwd(dy, x, dx):
+    """``dx = dy where x > 0 else 0`` over flat arrays."""
+    for i in prange(x.size):
+        if x[i] > 0:
+            dx[i] = dy[i]
+        else:
+            dx[i] = 0
+
+
+def relu_forward(x):
+    """``y = max(x, 0)``. x : (...) float -> y : same shape, a new array."""
+    x = np.ascontiguousarray(x)
+    y = np.empty(x.shape, x.dtype)
+    _relu_fwd(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_backward(dy, x):
+    """``dx = dy where x > 0 else 0``. dy, x : same shape (x may be the forward output)."""
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"relu_backward: dy {tuple(dy.shape)} and x {tuple(x.shape)} differ in shape")
+    dy = np.ascontiguousarray(dy)
+    x = np.ascontiguousarray(x)
+    dx = np.empty(dy.shape, dy.dtype)
+    _relu_bwd(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+# ============================================================================= LRN
+# beta as a mode, so that the ZFNet value 0.75 costs two square roots instead of a scalar pow
+_POW_GENERAL, _POW_075, _POW_05, _POW_1 = 0, 1, 2, 3
+
+
+def _pow_mode(beta):
+    return {0.75: _POW_075, 0.5: _POW_05, 1.0: _POW_1}.get(float(beta), _POW_GENERAL)
+
+
+@njit(cache=True, inline="always")
+def _pow_beta(s, beta, mode):
+    """``s ** beta`` for s > 0 (exact forms for beta in {0.75, 0.5, 1})."""
+    if mode == 1:
+        r = np.sqrt(s)
+        return r * np.sqrt(r)
+    if mode == 2:
+        return np.sqrt(s)
+    if mode == 3:
+        return s
+    return s ** beta
+
+
+@njit(**_JIT)
+def _lrn_fwd(x, lo, hi, a_n, k, beta, mode, y, scale):
+    """Cross-channel LRN, one (n, h) row of every channel per task.
+
+    x, y, scale : (N, C, H, W) ; window of channel c: ``[c-lo, c+hi]`` clipped ; a_n = alpha/size.
+    """
+    n_n, c_n, h_n, w_n = x.shape
+    for t in prange(n_n * h_n):
+        n = t // h_n
+        h = t % h_n
+        acc = np.empty(w_n, dtype=x.dtype)
+        for c in range(c_n):
+            for q in range(w_n):
+                acc[q] = 0
+            for cc in range(max(0, c - lo), min(c_n, c + hi + 1)):
+                for q in range(w_n):
+                    v = x[n, cc, h, q]
+                    acc[q] += v * v
+            for q in range(w_n):
+                sc = k + a_n * acc[q]
+                scale[n, c, h, q] = sc
+                y[n, c, h, q] = x[n, c, h, q] / _pow_beta(sc, beta, mode)
+
+
+@njit(**_JIT)
+def _lrn_bwd(dy, x, y, scale, lo, hi, coef, beta, mode, dx):
+    """Gradient of :func:`_lrn_fwd`; transposed window ``[c-lo, c+hi]`` ; coef = 2*alpha*beta/size."""
+    n_n, c_n, h_n, w_n = x.shape
+    for t in prange(n_n * h_n):
+        n = t // h_n
+        h = t % h_n
+        tmp = np.empty((c_n, w_n), dtype=x.dtype)
+        acc = np.empty(w_n, dtype=x.dtype)
+        for c in range(c_n):
+            for q in range(w_n):
+                tmp[c, q] = dy[n, c, h, q] * y[n, c, h, q] / scale[n, c, h, q]
+        for c in range(c_n):
+            for q in range(w_n):
+                acc[q] = 0
+            for cc in range(max(0, c - lo), min(c_n, c + hi + 1)):
+                for q in range(w_n):
+                    acc[q] += tmp[cc, q]
+            for q in range(w_n):
+                dx[n, c, h, q] = (dy[n, c, h, q] / _pow_beta(scale[n, c, h, q], beta, mode)
+                                  - coef * x[n, c, h, q] * acc[q])
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """Cross-channel local response (contrast) normalization.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float
+    size : int, channels in the window; alpha, beta, k : float
+
+    Returns
+    -------
+    y : (N, C, H, W) float, ``x * scale**-beta``
+    scale : (N, C, H, W) float, ``k + alpha/size * window_sum(x**2)``
+    """
+    x = np.ascontiguousarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"lrn_forward: expected (N, C, H, W), got {x.shape}")
+    f = x.dtype.type
+    size = int(size)
+    y = np.empty_like(x)
+    scale = np.empty_like(x)
+    _lrn_fwd(x, size // 2, (size - 1) // 2, f(alpha / size), f(k), f(beta), _pow_mode(beta), y, scale)
+    return y, scale
+
+
+def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
+    """Gradient of :func:`lrn_forward`.
+
+    ``dx = dy*scale**-beta - (2*alpha*beta/size) * x * window_sum^T(dy*y/scale)``, transposed window
+    ``[c - (size-1)//2, c + size//2]``.
+
+    Parameters
+    ----------
+    dy, x, y, scale : (N, C, H, W) float
+
+    Returns
+    -------
+    dx : (N, C, H, W) float
+    """
+    dt = dy.dtype
+    dy, x, y, scale = (np.ascontiguousarray(a, dtype=dt) for a in (dy, x, y, scale))
+    if not (dy.shape == x.shape == y.shape == scale.shape) or x.ndim != 4:
+        raise ValueError("lrn_backward: dy, x, y and scale must share one (N, C, H, W) shape")
+    f = dt.type
+    size = int(size)
+    dx = np.empty_like(dy)
+    _lrn_bwd(dy, x, y, scale, (size - 1) // 2, size // 2, f(2.0 * alpha * beta / size), f(beta),
+             _pow_mode(beta), dx)
+    return dx
+
+
+# ============================================================================= softmax
+@njit(**_JIT)
+def _softmax_xent(z, labels, probs, logp):
+    """Row-wise softmax and the log-likelihood of the label; one row per task.
+
+    z, probs : (N, K) ; labels : (N,) int64 in [0, K) ; logp : (N,) float64 output. The
+    exponentials are summed in float64.
+    """
+    n_n, k_n = z.shape
+    for n in prange(n_n):
+        m = z[n, 0]
+        for q in range(k_n):
+            v = z[n, q]
+            if m == m and not v <= m:  # max with NaN propagation, as np.max
+                m = v
+        s = 0.0
+        for q in range(k_n):
+            e = np.exp(z[n, q] - m)
+            probs[n, q] = e
+            s += e
+        for q in range(k_n):
+            probs[n, q] = probs[n, q] / s
+        logp[n] = (z[n, labels[n]] - m) - np.log(s)
+
+
+def softmax_xent(logits, labels):
+    """Softmax cross-entropy, mean over the batch.
+
+    Parameters
+    ----------
+    logits : (N, K) float
+    labels : (N,) int
+
+    Returns
+    -------
+    loss : float, mean negative log-likelihood
+    probs : (N, K) float, softmax of the logits; the loss gradient is ``(probs - onehot) / N``
+    """
+    z = np.ascontiguousarray(logits)
+    if z.ndim != 2:
+        raise ValueError(f"softmax_xent: expected logits (N, K), got {z.shape}")
+    n, kk = z.shape
+    lab = np.asarray(labels).astype(np.int64).reshape(-1)
+    if lab.shape != (n,):
+        raise ValueError(f"softmax_xent: expected {n} labels, got shape {np.shape(labels)}")
+    if n and (lab.min() < -kk or lab.max() >= kk):
+        raise IndexError(f"softmax_xent: labels out of range for {kk} classes")
+    lab = np.where(lab < 0, lab + kk, lab)  # NumPy indexing semantics, as the reference
+    probs = np.empty_like(z)
+    logp = np.empty(n, np.float64)
+    _softmax_xent(z, lab, probs, logp)
+    return float(-logp.mean()), probs
