@@ -28,10 +28,17 @@ writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN 
 """
 from __future__ import annotations
 
+import os
 import threading
 
-import numpy as np
-from numba import njit, prange
+# Numba's parallel loops run on GNU OpenMP here; by default its idle threads spin after every parallel
+# region, taking the cores from BLAS's threads (2 cores) and, on a busy machine, from the thread that
+# still has work (measured: the kernel tests ran 9x slower under load). Sleep instead. Must be set
+# before the OpenMP runtime loads (numba loads it at the first parallel call); a user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from .reference import conv_output_size, pool_output_size
 
