@@ -1,0 +1,111 @@
+"""``zfscratch bench`` on a tiny network: structure of the report and the JSON (no timing assertions)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zfscratch import bench
+from zfscratch.cli import main
+
+TINY = dict(model="zfnet_small", batch=2, size=32, repeats=1, sgemm_sizes=(64,))
+LAYERS = ["conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2", "norm2", "conv3", "relu3", "conv4",
+          "relu4", "conv5", "relu5", "pool5", "flatten", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _check_common(res, backend):
+    assert res["config"]["backend"] == backend and res["config"]["batch"] == 2
+    assert res["sgemm_gflops"] > 0 and res["jit_s"] >= 0
+    assert [r["name"] for r in res["layers"]] == LAYERS
+    for r in res["layers"]:
+        assert r["fwd_ms"] >= 0 and r["bwd_ms"] >= 0
+        if r["kind"] in ("Conv2d", "Linear"):
+            assert r["fwd_gflop"] > 0 and r["fwd_gflops"] > 0 and r["fwd_pct_sgemm"] > 0
+        else:
+            assert r["fwd_gflops"] is None
+    conv1 = res["layers"][0]
+    assert conv1["bwd_gflop"] == pytest.approx(conv1["fwd_gflop"])  # the first conv skips its input gradient
+    assert res["layers"][4]["bwd_gflop"] == pytest.approx(2 * res["layers"][4]["fwd_gflop"])
+    net = res["network"]
+    for key in ("fwd_ms", "step_ms", "fwd_img_s", "step_img_s", "step_peak_rss_mb", "step_rss_added_mb"):
+        assert net[key] >= 0, key
+    json.dumps(res)  # serializable
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_run_bench_structure(backend):
+    lines = []
+    res = bench.run_bench(backend=backend, progress=lines.append, **TINY)
+    _check_common(res, backend)
+    assert "torch" not in res and lines
+    text = bench.format_report(res)
+    for name in LAYERS + ["sum", "zfscratch", "sgemm", "JIT"]:
+        assert name in text
+
+
+def test_layer_flops_match_hand_count():
+    from zfscratch.layers import Conv2d, Linear
+    conv = Conv2d(96, 256, 5, stride=2)
+    assert bench.layer_flops(conv, (16, 96, 55, 55), (16, 256, 26, 26)) == (2.0 * 16 * 256 * 96 * 25 * 676,) * 1 + (
+        4.0 * 16 * 256 * 96 * 25 * 676,)
+    assert bench.layer_flops(Linear(10, 4), (3, 10), (3, 4)) == (240.0, 480.0)
+
+
+def test_cli_json(tmp_path, capsys):
+    out = tmp_path / "sub" / "bench.json"
+    rc = main(["bench", "--model", "zfnet_small", "--batch", "2", "--size", "32", "--repeats", "1",
+               "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "conv1" in text and "train img/s" in text
+    res = json.loads(out.read_text())
+    assert res["threads_set"]["requested"] == 1
+    assert [r["name"] for r in res["layers"]] == LAYERS
+    assert not list(out.parent.glob(".tmp-*"))  # atomic write left no temporary file
+
+
+def test_cli_bad_arguments(capsys):
+    assert main(["bench", "--batch", "0"]) == 2
+    assert "--batch" in capsys.readouterr().err
+    assert main(["bench", "--model", "zfnet_small", "--size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zfscratch: error:") and err.count("\n") == 1
+
+
+def test_compare_torch_missing(monkeypatch, capsys):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_torch(name, *a, **kw):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert main(["bench", "--model", "zfnet_small", "--size", "32", "--batch", "1", "--compare", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert "PyTorch" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not _has_torch(), reason="PyTorch is not installed")
+def test_compare_torch():
+    res = bench.run_bench(compare="torch", **TINY)
+    _check_common(res, "numba")
+    agree = res["agreement"]
+    assert agree["logits_max_rel_diff"] < 1e-4
+    assert agree["grads_max_rel_diff"] < 1e-3
+    for r in res["layers"]:
+        assert r["torch_fwd_ms"] >= 0 and "fwd_speedup" in r
+    assert res["torch"]["step_img_s"] > 0 and res["speedup"]["fwd"] > 0
+    text = bench.format_report(res)
+    assert "torch" in text and "agreement" in text and "ratio" in text
+    assert np.isfinite(res["speedup"]["step"])

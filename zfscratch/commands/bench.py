@@ -1,0 +1,82 @@
+"""``zfscratch bench``: per-layer and whole-network speed, optionally against PyTorch."""
+from __future__ import annotations
+
+import sys
+
+ORDER = 80
+
+
+def register(sub):
+    from zfscratch.models import ARCHS
+    p = sub.add_parser(
+        "bench", help="per-layer and whole-network speed (optionally against PyTorch)",
+        description="Time every layer (forward, backward, GFLOP/s, share of the machine's sgemm speed) and "
+                    "the whole network (inference and training-step images/s, peak memory of a step). "
+                    "Medians of --repeats runs after one warm-up run; the JIT cost is reported apart. "
+                    "Threads: --threads, or NUMBA_NUM_THREADS / OPENBLAS_NUM_THREADS in the environment.")
+    p.add_argument("--model", choices=ARCHS, default="zfnet", help="architecture (default zfnet)")
+    p.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: 224 for zfnet, "
+                                                          "else the model's own input size)")
+    p.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default="numba",
+                   help="compute backend (default numba)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for Numba's loops and the BLAS (and PyTorch); default: the libraries' own")
+    p.add_argument("--compare", choices=("torch",), default=None,
+                   help="also time the same network in PyTorch, check that the outputs agree, print ratios")
+    p.add_argument("--json", metavar="FILE", default=None, help="write every figure to FILE (JSON)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _positive(name, v):
+    from zfscratch.errors import UserError
+    if v is not None and v < 1:
+        raise UserError(f"--{name} must be a positive integer, got {v}")
+
+
+def cmd_bench(args):
+    import json
+
+    from zfscratch import bench
+    from zfscratch.errors import UserError
+    from zfscratch.io import atomic_write_text
+    from zfscratch.models import PRESETS
+
+    for name in ("batch", "size", "repeats", "threads"):
+        _positive(name, getattr(args, name))
+    size = args.size or (224 if args.model == "zfnet" else PRESETS[args.model]["input_size"])
+    if args.threads is not None:
+        try:
+            import numba
+            limit = numba.config.NUMBA_NUM_THREADS
+        except ImportError:
+            limit = None
+        if limit is not None and args.threads > limit:
+            raise UserError(f"--threads {args.threads}: numba was started with at most {limit} threads "
+                            f"(set NUMBA_NUM_THREADS={args.threads} in the environment to allow more)")
+    if args.compare == "torch":
+        try:  # first: PyTorch keeps its own OpenMP defaults (our kernels set OMP_WAIT_POLICY on import)
+            bench.import_torch()
+        except ImportError as e:
+            raise UserError(str(e)) from None
+    from zfscratch.cli import resolve_backend
+    resolve_backend(args.backend)  # one-line error when it cannot run here
+
+    def progress(msg):
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        res = bench.run_bench(model=args.model, batch=args.batch, size=size, backend=args.backend,
+                              repeats=args.repeats, threads=args.threads, compare=args.compare, seed=args.seed,
+                              progress=progress)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    except ValueError as e:
+        raise UserError(f"--model {args.model} --size {size}: {e}") from None
+    print(bench.format_report(res))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(res, indent=2, sort_keys=True) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
