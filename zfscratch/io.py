@@ -82,6 +82,9 @@ def load_npz(path, what="npz file"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} does not exist")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would otherwise try to unpickle unknown files
+            raise UserError(f"{what} {path} is not a valid .npz file (no zip signature)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {}
@@ -175,3 +178,13 @@ def check_arrays(arrays, expected, path):
             raise UserError(f"weights file {path}: {k} has dtype {a.dtype}, expected floating point")
         if not np.all(np.isfinite(a)):
             raise UserError(f"weights file {path}: {k} holds NaN or infinite values")
+
+
+def load_onnx(path, **kw):
+    """Import an ONNX model as ``(net, meta)``, like :func:`load_weights` (needs ``zfscratch[onnx]``).
+
+    Keyword arguments (``input_size``, ``labels``, ``mean``, ``scale``, ``std``, ``bgr``, ``backend``) are
+    those of :func:`zfscratch.onnx_io.load_onnx`.
+    """
+    from zfscratch import onnx_io
+    return onnx_io.load_onnx(path, **kw)

@@ -140,6 +140,7 @@ def build_model(config, backend=None, seed=None, dtype=np.float32):
         specs = specs_from_config(cfg)
     if seed is None:
         seed = cfg.get("seed", 0)
+    cfg["seed"] = int(seed)
     try:
         return build_from_specs(specs, backend=backend, config=cfg, seed=seed, dtype=dtype)
     except ValueError as e:
