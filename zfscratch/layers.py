@@ -205,39 +205,92 @@ class MaxPool2d(Layer):
     ----------
     k, stride : int
     ceil_mode : bool, default True (ZFNet's 3x3 stride-2 pools; DESIGN §4 output size rule)
+    pad : int, default 0. Padding of ``-inf`` on every side (PyTorch's ``MaxPool2d(padding=...)``;
+        used by imported ONNX models). Output size: floor mode ``(H + 2*pad - k) // stride + 1``;
+        ceil mode ``ceil((H + 2*pad - k) / stride) + 1``, minus one if the last window would start
+        in the bottom padding. ``pad`` must be smaller than ``k``. With ``pad=0`` (the default) the
+        layer is exactly the unpadded pool of the kernel contract.
 
-    After ``forward``: ``switches : (N, C, Ho, Wo) int32`` flat ``h*W + w`` indices and ``x_shape``.
+    After ``forward``: ``switches : (N, C, Ho, Wo) int32`` flat ``h*W + w`` indices into the
+    *unpadded* input plane and ``x_shape`` (the unpadded input shape), so that
+    ``maxpool_backward(dy, switches, x_shape)`` (backward and DeconvNet unpooling) works unchanged.
     """
 
     kind = "MaxPool2d"
 
-    def __init__(self, k, stride=None, ceil_mode=True, name=None):
+    def __init__(self, k, stride=None, ceil_mode=True, name=None, pad=0):
         super().__init__(name)
         self.k, self.stride, self.ceil_mode = int(k), int(stride or k), bool(ceil_mode)
+        self.pad = int(pad or 0)
+        if not 0 <= self.pad < self.k:
+            raise ValueError(f"layer {self.name}: max-pool pad must lie in [0, k={self.k}), got {pad}")
         self.switches = None
         self.x_shape = None
 
     def config(self):
-        return dict(k=self.k, stride=self.stride, ceil_mode=self.ceil_mode)
+        cfg = dict(k=self.k, stride=self.stride, ceil_mode=self.ceil_mode)
+        if self.pad:
+            cfg["pad"] = self.pad
+        return cfg
 
     def _clear_cache(self):
         self.switches = None
 
+    def _size(self, h):
+        if not self.pad:
+            from zfscratch.kernels.reference import pool_output_size
+            return pool_output_size(h, self.k, self.stride, self.ceil_mode)
+        return padded_pool_output_size(h, self.k, self.stride, self.pad, self.ceil_mode)
+
     def output_shape(self, in_shape):
-        from zfscratch.kernels.reference import pool_output_size
         n, c, h, w = in_shape
-        return (n, c, pool_output_size(h, self.k, self.stride, self.ceil_mode),
-                pool_output_size(w, self.k, self.stride, self.ceil_mode))
+        return (n, c, self._size(h), self._size(w))
 
     def forward(self, x, train=False):
         self._check_input(x, 4)
-        y, self.switches = self.backend.kernels.maxpool_forward(x, self.k, self.stride, self.ceil_mode)
+        if self.pad:
+            y, self.switches = self._forward_padded(x)
+        else:
+            y, self.switches = self.backend.kernels.maxpool_forward(x, self.k, self.stride, self.ceil_mode)
         self.x_shape = tuple(x.shape)
         return y
+
+    def _forward_padded(self, x):
+        """Pool a ``-inf``-padded copy that holds exactly the output's windows (floor mode), then map
+        the switches back to the unpadded plane. Ties: first maximum in row-major window order."""
+        xp, p = self.backend.xp, self.pad
+        n, c, h, w = x.shape
+        ho, wo = self._size(h), self._size(w)
+        lh, lw = (ho - 1) * self.stride + self.k, (wo - 1) * self.stride + self.k
+        hh, ww = min(h, lh - p), min(w, lw - p)
+        buf = xp.full((n, c, lh, lw), -xp.inf, dtype=x.dtype)
+        buf[:, :, p:p + hh, p:p + ww] = x[:, :, :hh, :ww]
+        y, sw = self.backend.kernels.maxpool_forward(buf, self.k, self.stride, False)
+        r = xp.clip(sw // lw - p, 0, h - 1)  # clipping matters only for all -inf windows
+        q = xp.clip(sw % lw - p, 0, w - 1)
+        return y, (r * w + q).astype(xp.int32)
 
     def backward(self, dy):
         self._check_grad(dy, self.switches.shape)
         return self.backend.kernels.maxpool_backward(dy, self.switches, self.x_shape)
+
+
+def padded_pool_output_size(h, k, stride, pad, ceil_mode):
+    """Output length of a max-pool with ``pad`` cells of ``-inf`` on both sides (PyTorch/ONNX Runtime rule).
+
+    Floor: ``(h + 2*pad - k) // stride + 1``. Ceil: ``ceil((h + 2*pad - k) / stride) + 1``, minus one if
+    the last window would start at or after ``h + pad`` (in the trailing padding).
+    """
+    span = h + 2 * pad - k
+    if span < 0:
+        raise ValueError(f"max-pool of size {k} stride {stride} pad {pad} does not fit input of size {h}")
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= h + pad:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
 
 
 class LocalContrastNorm(Layer):
