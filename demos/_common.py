@@ -139,3 +139,83 @@ def toy_image(size=32, seed=0):
     img[int(0.75 * s): int(0.75 * s) + max(2, s // 12), s // 10: int(0.45 * s)] = (40, 200, 60)
     return np.clip(img, 0, 255).astype(np.uint8)
 
+
+
+# ----------------------------------------------------------------------------- a small trained model
+#: the main job's trained model (``zfscratch run`` writes it here by default)
+RUN_WEIGHTS = os.path.join("report", "train", "weights.npz")
+DEMO_CLASSES = ("face", "house", "star", "car")
+DEMO_ARCH = dict(widths=[16, 32, 48, 48, 32], fc=64)
+
+
+def add_weights_arg(p):
+    p.add_argument("--weights", default=None,
+                   help=f"a weights file (default: {RUN_WEIGHTS} if `zfscratch run` made one, else a small "
+                        "model trained here in a few seconds and cached in --out)")
+
+
+def demo_model(args):
+    """(net, meta, dataset) for the DeconvNet and occlusion demos.
+
+    ``--weights`` or the main job's model when present; otherwise a narrow ``zfnet_small`` (32x32,
+    4 synthetic classes) trained by :func:`zfscratch.train.train_model` for a few epochs and cached
+    in ``<out>/demo_model/``; with ``--fast`` (tests), the same architecture untrained.
+    The dataset is the synthetic validation split at the model's input size (or None for weights
+    trained on other data).
+    """
+    from zfscratch.data.synthetic import SyntheticDataset
+    from zfscratch.io import load_weights
+    path = args.weights or (RUN_WEIGHTS if os.path.isfile(RUN_WEIGHTS) and not args.fast else None)
+    if path:
+        net, meta = load_weights(path, backend=args.be)
+        print(f"model: {path} ({net.config.get('arch')}, input {net.config.get('input_size')}px, "
+              f"classes {', '.join(meta.get('classes') or [])})")
+        return net, meta, _dataset_like(meta, net)
+    val = SyntheticDataset(n=200, size=32, seed=args.seed, split="val", classes=list(DEMO_CLASSES))
+    if args.fast:
+        return _untrained(args, val)
+    run = os.path.join(args.out, "demo_model")
+    wpath = os.path.join(run, "weights.npz")
+    if not os.path.isfile(wpath):
+        from zfscratch.train import train_model
+        train = SyntheticDataset(n=800, size=32, seed=args.seed, split="train", classes=list(DEMO_CLASSES))
+        print(f"training a small model for the demo (cached in {run}; pass --weights to use yours) ...")
+        r = train_model((train, val), run, model="zfnet_small", epochs=4, batch=32, lr=0.02,
+                        backend=args.be.name, snapshots=(), quiet=True, overwrite=True, model_config=DEMO_ARCH,
+                        augment="flip")
+        print(f"  done in {r['elapsed_s']:.1f} s, validation accuracy {r['val_acc']:.1%}")
+    net, meta = load_weights(wpath, backend=args.be)
+    print(f"model: {wpath} (narrow zfnet_small, 32x32 input, classes {', '.join(meta['classes'])}, "
+          f"validation accuracy {meta.get('train', {}).get('val_acc') or float('nan'):.1%})")
+    return net, meta, val
+
+
+def _untrained(args, val):
+    from zfscratch.models import build_model
+    from zfscratch.preprocess import Preprocess
+    net = build_model(dict(arch="zfnet_small", input_size=32, num_classes=len(DEMO_CLASSES), **DEMO_ARCH),
+                      backend=args.be, seed=args.seed)
+    pre = Preprocess(32)
+    imgs, _ = val.get_batch(np.arange(64))
+    pre.fit_mean([imgs])
+    meta = {"config": net.config, "classes": list(DEMO_CLASSES), "preprocessing": pre.to_meta(),
+            "extra": {"mean": pre.mean}}
+    print("model: narrow zfnet_small, 32x32 input, UNTRAINED (--fast: random weights; the mechanics are the "
+          "same, the pictures are less telling)")
+    return net, meta, val
+
+
+def _dataset_like(meta, net):
+    """The validation split of the data a model was trained on (synthetic at the model's size), or None."""
+    from zfscratch.data.synthetic import SyntheticDataset
+    from zfscratch.errors import UserError
+    data = (meta.get("train") or {}).get("data")
+    size = int(net.config.get("input_size"))
+    if isinstance(data, dict) and data.get("kind") == "synthetic":
+        return SyntheticDataset(n=200, size=size, seed=int(data.get("seed", 0)), split="val",
+                                classes=data.get("classes"), background=data.get("background", "plain"))
+    try:
+        from zfscratch.experiments.evolution import dataset_from_meta
+        return dataset_from_meta(meta, split="val")
+    except (UserError, ImportError):
+        return None

@@ -1,0 +1,153 @@
+"""The DeconvNet on one image (paper section 2.1): what made a feature map fire, in pixel space.
+
+Run the net forward to layer L, recording the max-pool switches; keep the strongest activation of
+one map and zero everything else; then walk down: unpool with the switches, rectify (ReLU of the
+reconstruction), filter with the transposed weights (conv2d_backward_data); LCN passes through.
+Shows: the walk written out by hand with the kernels, equal to zfscratch.deconv.project; the
+strongest map of layers 1-5 projected and its receptive field; checks that "filter with transposed
+weights" is the exact adjoint of the convolution (<conv(x), y> = <x, conv^T(y)>) and a float64
+gradient check of Conv2d (whose input gradient is that same transposed convolution).
+"""
+import numpy as np
+
+import _common as C
+from zfscratch import deconv
+from zfscratch.layers import Conv2d
+from zfscratch.preprocess import Preprocess
+from zfscratch.viz import to_display
+
+
+def by_hand(net, x, layer, map_index):
+    """The DeconvNet for the strongest activation of one map, written out with the kernel calls."""
+    be, kern = net.backend, net.backend.kernels
+    stop = net.index(layer)
+    shapes, switches, a = [], [], be.to_device(x)
+    for l in net.layers[:stop + 1]:                         # 1. forward, recording the switches
+        shapes.append(tuple(a.shape))
+        a = l.forward(a, train=False)
+        switches.append(l.switches if l.kind == "MaxPool2d" else None)
+    a = C.host(be, a)
+    flat = int(np.argmax(a[0, map_index]))                  # 2. keep the strongest activation only
+    top = np.zeros_like(a)
+    top.flat[np.ravel_multi_index((0, map_index) + np.unravel_index(flat, a.shape[2:]), a.shape)] = \
+        a[0, map_index].flat[flat]
+    r = be.to_device(top)
+    steps = []
+    for l, shape, sw in zip(reversed(net.layers[:stop + 1]), reversed(shapes), reversed(switches)):
+        if l.kind == "MaxPool2d":                            # 3a. unpool with the switches
+            r = kern.maxpool_backward(r, sw, shape)
+        elif l.kind == "ReLU":                               # 3b. rectify the reconstruction
+            r = kern.relu_forward(r)
+        elif l.kind == "Conv2d":                             # 3c. filter with the transposed weights
+            r = kern.conv2d_backward_data(r, l.params["w"], shape, l.stride, l.pad)
+        steps.append(f"{l.name}:{l.kind}->{tuple(r.shape[1:])}")   # LCN / dropout: unchanged
+    return C.host(be, r)[0], steps
+
+
+def main(argv=None):
+    args = C.parse_args(__doc__, argv, extra=C.add_weights_arg)
+    be, rng = args.be, args.rng
+    C.title("DeconvNet: projecting a feature activation back to the pixels")
+    net, meta, ds = C.demo_model(args)
+    pre = Preprocess.from_meta(meta)
+    size = int(net.config["input_size"])
+    if ds is not None:
+        imgs, labels = ds.get_batch(np.arange(8))
+        i = 0
+        img, label = imgs[i], (meta.get("classes") or [])[int(labels[i])] if meta.get("classes") else labels[i]
+    else:
+        img, label = C.toy_image(size, args.seed), "?"
+    x = np.asarray(pre(img[None]), np.float32)
+    print(f"image: class {label}, input {x.shape}")
+
+    C.section("forward shapes (C, H, W) of the projectable layers")
+    line = []
+    for name, shape in net.output_shapes(x.shape):
+        if name not in deconv.projectable_layers(net):
+            break
+        line.append(f"{name} {shape[1:]}")
+        if net.layer(name).kind in ("LocalContrastNorm", "MaxPool2d") and not name.startswith("pool1") \
+                and not name.startswith("pool2"):
+            print("  " + "  ".join(line))
+            line = []
+    if line:
+        print("  " + "  ".join(line))
+
+    C.section("the walk down written out with the kernels vs zfscratch.deconv.project (layer relu2)")
+    a2 = deconv.activations(net, x, ["relu2"])["relu2"][0]
+    m2 = int(np.argmax(a2.reshape(a2.shape[0], -1).max(1)))
+    mine, steps = by_hand(net, x, "relu2", m2)
+    lib, info = deconv.project(net, x, "relu2", maps=m2, mode="max", return_info=True)
+    print("  " + "  ".join(steps))
+    print(f"  strongest map {m2}: activation {info['value'][0]:.3f} at (y={info['y'][0]}, x={info['x'][0]})")
+    print(f"  max |by hand - deconv.project| = {np.abs(mine - lib[0]).max():.2e}")
+    assert np.allclose(mine, lib[0], atol=1e-5 * max(1.0, np.abs(lib).max()))
+
+    C.section("strongest map of each layer, projected (mode 'max': only its largest activation kept)")
+    layers = deconv.parse_layers(net, "1-5")
+    projs, boxes, rows = [], [], []
+    acts = deconv.activations(net, x, layers)
+    for nm in layers:
+        a = acts[nm][0]
+        m = int(np.argmax(a.reshape(a.shape[0], -1).max(1)))
+        r, inf = deconv.project(net, x, nm, maps=m, mode="max", return_info=True)
+        y0, y1, x0, x1 = deconv.unit_box(net, nm, inf["y"][0], inf["x"][0])
+        rf = deconv.receptive_field(net, nm)
+        nz = np.abs(r[0]).sum(0) > 0
+        ys, xs = np.nonzero(nz)
+        inside = bool(nz.sum() == 0 or (ys.min() >= y0 and ys.max() < y1 and xs.min() >= x0 and xs.max() < x1))
+        print(f"  {nm:<6} map {m:3d}: value {inf['value'][0]:8.3f} at ({inf['y'][0]},{inf['x'][0]}); receptive "
+              f"field {rf[0]}x{rf[0]} px -> box rows {y0}-{y1 - 1}, cols {x0}-{x1 - 1}; projection inside it: {inside}")
+        assert inside
+        projs.append(r[0])
+        boxes.append((y0, y1, x0, x1))
+        rows.append((nm, m, inf["value"][0]))
+
+    C.section("properties")
+    nm, m, v = rows[2]
+    a3 = acts[nm][0, m]
+    yy, xx = np.unravel_index(int(np.argmax(a3)), a3.shape)
+    p1, _ = deconv.project_activation(net, x, nm, [(0, m, yy, xx)], values=1.0)
+    p2, _ = deconv.project_activation(net, x, nm, [(0, m, yy, xx)], values=2.0)
+    print(f"  the projection scales with the kept activation (switches fixed, ReLU(2r) = 2 ReLU(r)): "
+          f"max |p(2) - 2 p(1)| / max|p| = {np.abs(p2 - 2 * p1).max() / max(np.abs(p1).max(), 1e-12):.1e}")
+    conv1 = net.layer("conv1")
+    w = C.host(be, conv1.params["w"]).astype(np.float64)
+    xs_ = rng.standard_normal((1,) + x.shape[1:])
+    y = be.kernels.conv2d_forward(be.to_device(xs_), be.to_device(w), None, conv1.stride, conv1.pad)
+    ys_ = rng.standard_normal(y.shape)
+    xt = be.kernels.conv2d_backward_data(be.to_device(ys_), be.to_device(w), xs_.shape, conv1.stride, conv1.pad)
+    lhs, rhs = float((C.host(be, y) * ys_).sum()), float((xs_ * C.host(be, xt)).sum())
+    print(f"  adjoint: <conv1(x), y> = {lhs:.10f}, <x, conv1^T(y)> = {rhs:.10f}  (float64)")
+    assert abs(lhs - rhs) < 1e-8 * max(1.0, abs(lhs))
+
+    C.section("gradients")
+    g = Conv2d(3, 4, 7, stride=2, pad=1, name="conv1", init_std=0.3, rng=rng, dtype=np.float64).set_backend(be)
+    C.gradcheck(g, be.to_device(rng.standard_normal((2, 3, 11, 11)), np.float64), rng, "Conv2d 7x7 s2 p1 (dx = transposed conv)")
+
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    disp = np.asarray(pre.deprocess(x))[0]
+    fig, axes = plt.subplots(2, len(layers) + 1, figsize=(2.3 * (len(layers) + 1), 5))
+    axes[0, 0].imshow(disp, interpolation="nearest")
+    axes[0, 0].set_title(f"input ({label})", fontsize=9)
+    rec = deconv.reconstruct(net, x, "relu1")
+    axes[1, 0].imshow(to_display(rec[0]), interpolation="nearest")
+    axes[1, 0].set_title("all of layer 1,\nprojected", fontsize=9)
+    for j, ((nm, m, v), p, (y0, y1, x0, x1)) in enumerate(zip(rows, projs, boxes)):
+        axes[0, j + 1].imshow(to_display(p), interpolation="nearest")
+        axes[0, j + 1].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1))
+        axes[0, j + 1].set_title(f"{nm} map {m}\n(receptive field)", fontsize=9)
+        axes[1, j + 1].imshow(disp, interpolation="nearest")
+        axes[1, j + 1].imshow(np.abs(p).sum(0), cmap="magma", alpha=0.6, interpolation="nearest")
+        axes[1, j + 1].set_title(f"where, on the image", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("DeconvNet: the strongest activation of one map per layer, projected to pixels "
+                 "(grey = 0, display 0.5 + 0.5 r / max|r|)")
+    C.save(fig, args, "07_deconvnet.png")
+
+
+if __name__ == "__main__":
+    main()
