@@ -150,7 +150,7 @@ def load_weights(path, backend=None, dtype=np.float32):
         raise UserError(f"weights file {path} has no zfscratch metadata (expected {META_KEY} with format "
                         f"{WEIGHTS_FORMAT!r} and an architecture config)")
     try:
-        net = build_model(meta["config"], dtype=dtype)
+        net = build_model(meta["config"], dtype=dtype, init=False)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"weights file {path}: cannot build its architecture: {e}") from None
     meta["extra"] = {k[len(EXTRA_PREFIX):]: arrays.pop(k) for k in list(arrays) if k.startswith(EXTRA_PREFIX)}

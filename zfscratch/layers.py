@@ -107,7 +107,9 @@ class Conv2d(Layer):
         self.in_ch, self.out_ch, self.k = int(in_ch), int(out_ch), int(k)
         self.stride, self.pad, self.groups = int(stride), int(pad), int(groups)
         rng = rng if rng is not None else np.random.default_rng(0)
-        w = rng.normal(0.0, init_std, size=(out_ch, in_ch // groups, k, k)).astype(dtype)
+        shape = (out_ch, in_ch // groups, k, k)
+        # init_std=0 allocates zeros without drawing (fast rebuild before loading saved weights)
+        w = rng.normal(0.0, init_std, size=shape).astype(dtype) if init_std else np.zeros(shape, dtype)
         self._add_param("w", w)
         self._add_param("b", np.full(out_ch, init_bias, dtype=dtype))
         self.need_dx = True
@@ -353,7 +355,8 @@ class Linear(Layer):
         super().__init__(name)
         self.in_f, self.out_f = int(in_f), int(out_f)
         rng = rng if rng is not None else np.random.default_rng(0)
-        self._add_param("w", rng.normal(0.0, init_std, size=(out_f, in_f)).astype(dtype))
+        self._add_param("w", rng.normal(0.0, init_std, size=(out_f, in_f)).astype(dtype) if init_std
+                        else np.zeros((out_f, in_f), dtype))
         self._add_param("b", np.full(out_f, init_bias, dtype=dtype))
         self._x = None
 

@@ -116,7 +116,7 @@ def specs_from_config(cfg):
     return specs
 
 
-def build_model(config, backend=None, seed=None, dtype=np.float32):
+def build_model(config, backend=None, seed=None, dtype=np.float32, init=True):
     """Build a network from a config dict.
 
     Parameters
@@ -126,6 +126,7 @@ def build_model(config, backend=None, seed=None, dtype=np.float32):
         values), or ``{"arch": "custom", "layers": [layer specs]}`` (e.g. an imported ONNX model).
     backend : str or Backend
     seed : int, weight-init seed (default: config["seed"] or 0)
+    init : bool, False leaves weights at zero (fast, for loading saved weights)
 
     Returns
     -------
@@ -142,7 +143,7 @@ def build_model(config, backend=None, seed=None, dtype=np.float32):
         seed = cfg.get("seed", 0)
     cfg["seed"] = int(seed)
     try:
-        return build_from_specs(specs, backend=backend, config=cfg, seed=seed, dtype=dtype)
+        return build_from_specs(specs, backend=backend, config=cfg, seed=seed, dtype=dtype, init=init)
     except ValueError as e:
         raise ValueError(f"cannot build {arch} for input size {cfg.get('input_size')}: {e}") from None
 

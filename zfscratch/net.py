@@ -180,9 +180,13 @@ class Sequential:
                 l.rng.bit_generator.state = state[l.name]
 
 
-def build_from_specs(specs, backend=None, config=None, seed=0, dtype=np.float32):
-    """Build a :class:`Sequential` from ``[{"kind", "name", "config"}, ...]`` (see ``layer_specs``)."""
+def build_from_specs(specs, backend=None, config=None, seed=0, dtype=np.float32, init=True):
+    """Build a :class:`Sequential` from ``[{"kind", "name", "config"}, ...]`` (see ``layer_specs``).
+
+    ``init=False`` leaves weights at zero (no random draws): for networks about to load saved weights.
+    """
     rng = np.random.default_rng(seed)
+    drop_rng = np.random.default_rng([seed, 1])  # dropout seeds do not depend on the weight draws
     layers = []
     for spec in specs:
         kind = spec["kind"]
@@ -192,7 +196,9 @@ def build_from_specs(specs, backend=None, config=None, seed=0, dtype=np.float32)
         if kind in ("Conv2d", "Linear"):
             kw.update(rng=rng, dtype=dtype)
             kw.update((k, v) for k, v in spec.get("init", {}).items())
+            if not init:
+                kw["init_std"] = 0.0
         elif kind == "Dropout":
-            kw["seed"] = int(rng.integers(2**31))
+            kw["seed"] = int(drop_rng.integers(2**31))
         layers.append(LAYER_KINDS[kind](name=spec["name"], **kw))
     return Sequential(layers, backend=backend, config=config)
