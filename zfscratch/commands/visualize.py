@@ -24,8 +24,9 @@ def register(sub):
                        "mergeable top-k record) and DIR/topk.json.")
     p.add_argument("--weights", required=True, help="weights file (.npz from zfscratch train)")
     p.add_argument("--data", default=None, help=DATA_HELP)
-    p.add_argument("--split", default="val", help="split of the data to scan (default val; falls back to the "
-                   "data's only split)")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="split of the data to scan (default val, else the data's test split, else train; "
+                   "synthetic:n=N has N training and n_val=N/5 validation images)")
     p.add_argument("--layers", default="1-5", help="layers: paper numbers (1-5 = relu1..relu5) and/or layer "
                    "names, e.g. 1-5, 2,4, conv5,pool2 (default 1-5)")
     p.add_argument("--maps", type=int, default=16, help="maps shown per layer, the strongest (default 16)")
@@ -49,7 +50,8 @@ def register(sub):
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="training run directory (with snapshots/)")
     p.add_argument("--out", default=None, metavar="PNG", help="output PNG (default RUN_DIR/evolution.png)")
     p.add_argument("--data", default=None, help=DATA_HELP)
-    p.add_argument("--split", default="val", help="split of the data (default val)")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="split of the data (default val, else test, else train)")
     p.add_argument("--layers", default="1-5", help="layers (default 1-5)")
     p.add_argument("--maps-per-layer", type=int, default=2, help="maps per layer, strongest at the last "
                    "snapshot (default 2)")
@@ -65,7 +67,8 @@ def register(sub):
                        "coloured background, beside the input and the predicted label")
     p.add_argument("--weights", required=True, help="weights file")
     p.add_argument("--data", default=None, help=DATA_HELP + "; synthetic data gives both backgrounds")
-    p.add_argument("--split", default="val", help="split of the data (default val)")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="split of the data (default val, else test, else train)")
     p.add_argument("--layers", default="1-3", help="layers to reconstruct (default 1-3)")
     p.add_argument("--images", type=int, default=4, help="sample objects (rows) (default 4)")
     p.add_argument("--start", type=int, default=0, help="index of the first sample (default 0)")
@@ -93,17 +96,10 @@ def _load(weights, backend):
 
 def _open_data(spec, meta, split):
     """The dataset named by ``spec``, else the one the weights were trained on (``split`` if it has it)."""
-    from zfscratch.errors import UserError
+    from zfscratch.experiments.evolution import dataset_from_meta, open_split
     if spec is None:
-        from zfscratch.experiments.evolution import dataset_from_meta
         return dataset_from_meta(meta, split=split)
-    from zfscratch.data import open_dataset
-    try:
-        return open_dataset(spec, split=split)
-    except UserError:
-        if split in (None, "train"):
-            raise
-        return open_dataset(spec)
+    return open_split(spec, split)
 
 
 def _layers(net, text):

@@ -181,8 +181,16 @@ def dataset_from_meta(meta, split="val"):
     spec = ((meta or {}).get("train") or {}).get("data")
     if not isinstance(spec, str) or not spec:
         raise UserError("the weights do not record their training data as a spec string; pass --data")
-    from zfscratch.data import open_dataset
-    try:
-        return open_dataset(spec, split=split)
-    except UserError:
-        return open_dataset(spec)
+    return open_split(spec, split)
+
+
+def open_split(spec, split="val"):
+    """``open_dataset(spec, split)``; when the data has no ``val`` split, its ``test`` split, else
+    ``train`` (a split asked for other than ``val`` must exist: UserError otherwise)."""
+    from zfscratch.data import available_splits, open_dataset
+    splits = available_splits(spec)
+    if split not in splits:
+        if split != "val" or not splits:
+            raise UserError(f"data {spec!r} has no {split!r} split (it has: {', '.join(splits) or 'none'})")
+        split = "test" if "test" in splits else splits[0]
+    return open_dataset(spec, split=split)

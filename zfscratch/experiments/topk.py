@@ -403,7 +403,7 @@ def _tile_zoom(p, target=40):
     return max(1, int(np.ceil(target / max(p, 1))))
 
 
-def topk_figure(name, rec, path, k=9, scope="image", ncols=4, title=None, n_images=None):
+def topk_figure(name, rec, path, k=9, scope="image", ncols=4, title=None, n_images=None, maps_note=None):
     """One layer's figure: per map, a sqrt(k) x sqrt(k) grid of projections beside the grid of patches.
 
     Returns the path of the PNG.
@@ -448,8 +448,9 @@ def topk_figure(name, rec, path, k=9, scope="image", ncols=4, title=None, n_imag
     seen = f" over {n_images} images" if n_images else ""
     cap = (f"{name}: for each map, its {k} strongest activations{seen} (one per image), left: "
            f"DeconvNet projections, right: image patches; both cropped to the receptive field "
-           f"({size}x{size} px, stride {jump}; clipped to the image, shifted inwards at borders), "
-           f"upscaled x{z}. Maps: the {len(maps)} with the strongest activation. {viz.caption(scope)}.")
+           f"({size}x{size} px, stride {jump}; clipped to the image, shifted inwards at borders)"
+           f"{f', upscaled x{z}' if z > 1 else ''}. {maps_note or f'Maps: the {len(maps)} with the strongest activation.'} "
+           f"{viz.caption(scope)}.")
     return viz.mosaic_figure(mosaic, path, title=ttl, caption_text=cap, labels=labels)
 
 
@@ -501,7 +502,8 @@ def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, i
               "images_per_s": n / max(t1 - t0, 1e-9), "scope": scope, "layers": {}}
     for name, rec in recs.items():
         path = os.path.join(out_dir, f"topk_{name}.png")
-        topk_figure(name, rec, path, k=k, scope=scope, ncols=ncols, n_images=n)
+        note = None if isinstance(maps, (int, np.integer)) else "Maps: as listed."
+        topk_figure(name, rec, path, k=k, scope=scope, ncols=ncols, n_images=n, maps_note=note)
         top0 = state.value[name][0]
         result["layers"][name] = {
             "figure": path, "maps": rec["maps"], "rf": list(rec["rf"]),
