@@ -111,7 +111,7 @@ def test_rectification_applies_to_the_reconstruction():
 
 # ----------------------------------------------------------------------------- linearity
 def test_projection_is_linear_in_the_kept_activation():
-    net = zfnet_small(input_size=32).astype(np.float64)
+    net = zfnet_small(input_size=32, widths=[8, 12, 16, 16, 12], fc=16).astype(np.float64)
     x = np.random.default_rng(3).normal(size=(2, 3, 32, 32))
     u = [(1, 5, 2, 3)]
     r1, _ = deconv.project_activation(net, x, "relu3", u, values=1.0)
@@ -128,7 +128,7 @@ def test_projection_is_linear_in_the_kept_activation():
 
 
 def test_project_max_equals_project_activation_at_the_argmax():
-    net = zfnet_small(input_size=32)
+    net = zfnet_small(input_size=32, widths=[8, 12, 16, 16, 12], fc=16)
     x = np.random.default_rng(5).normal(size=(3, 3, 32, 32)).astype(np.float32)
     rec, info = deconv.project(net, x, "relu2", maps=[0, 7, 3], return_info=True, budget=4000)
     units = [(i, m, info["y"][i, j], info["x"][i, j]) for i in range(3) for j, m in enumerate([0, 7, 3])]
