@@ -31,6 +31,7 @@ def test_to_display_keeps_sign_with_grey_zero():
     c = viz.to_display(r, "channel")
     assert c[0, 1, 1, 1] == 0.0  # channel 1's own max |r| is 1
     assert np.all(viz.to_display(np.zeros((3, 4, 4))) == 0.5)
+    assert viz.to_display(r, max_abs=4.0)[0, 0, 0, 0] == 0.75  # a scale shared with other arrays
     with pytest.raises(ValueError):
         viz.to_display(r, "bogus")
     assert "max|r|" in viz.caption("grid")
@@ -154,7 +155,7 @@ def test_reconstruct_and_evolution_smoke(tmp_path):
     meta = {"classes": list(ds.classes), "preprocessing": pre.to_meta(), "extra": {"mean": pre.mean}}
     net = zfnet_small(input_size=32)
     res = reconstruct.run_reconstruct(net, meta, ds, tmp_path / "rec.png", layers="1-2", images=2,
-                                      eval_images=6)
+                                      eval_images=6, scope="grid")
     assert open(res["figure"], "rb").read(8) == PNG
     assert set(res["accuracy"]) == {"plain", "colored"} and len(res["samples"]) == 2
     run = tmp_path / "run"

@@ -48,13 +48,14 @@ def _check_scope(scope):
         raise ValueError(f"normalization scope must be one of {', '.join(SCOPES)}, got {scope!r}")
 
 
-def to_display(r, scope="image", channels_first=True):
+def to_display(r, scope="image", channels_first=True, max_abs=None):
     """Signed arrays -> displayable floats in [0, 1]: ``0.5 + 0.5 * r / max|r|``.
 
     Parameters
     ----------
     r : array (..., C, H, W) (``channels_first``) or (..., H, W, C); a single image or any batch
     scope : "image" | "grid" | "channel" (see the module docstring)
+    max_abs : use this ``max|r|`` instead of the scope's (one scale shared with other arrays)
 
     Returns
     -------
@@ -64,7 +65,9 @@ def to_display(r, scope="image", channels_first=True):
     a = np.asarray(r, dtype=np.float64)
     if channels_first:
         a = np.moveaxis(a, -3, -1)
-    if scope == "grid":
+    if max_abs is not None:
+        m = np.asarray(float(max_abs))
+    elif scope == "grid":
         m = np.max(np.abs(a)) if a.size else 0.0
     elif scope == "image":
         m = np.max(np.abs(a), axis=(-3, -2, -1), keepdims=True) if a.size else 0.0

@@ -9,8 +9,9 @@ ORDER = 30
 
 DATA_HELP = ("dataset: synthetic[:key=value,...], idx:PATH, cifar:PATH, folder:PATH (default: the data "
              "the weights were trained on, as recorded in their metadata)")
-SCOPE_HELP = ("display normalization 0.5 + 0.5*r/max|r|: per projection (image, default), one max for the "
-              "whole grid (grid), or per colour channel (channel)")
+SCOPE_HELP = ("display normalization 0.5 + 0.5*r/max|r| (grey = 0): per projection (image, default), one max "
+              "per grid of projections (grid: a map's top-k, an evolution row, a reconstruction row), or per "
+              "colour channel of each projection (channel)")
 
 
 def register(sub):
@@ -34,7 +35,7 @@ def register(sub):
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--images", type=int, default=None, help="scan only the first N images (default all)")
     p.add_argument("--batch", type=int, default=128, help="images per forward pass (default 128)")
-    p.add_argument("--scope", choices=("image", "grid"), default="image", help=SCOPE_HELP)
+    p.add_argument("--scope", choices=("image", "grid", "channel"), default="image", help=SCOPE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_backend_arg(p)
     p.set_defaults(func=cmd_visualize)
@@ -58,7 +59,7 @@ def register(sub):
     p.add_argument("--images", type=int, default=256, help="size of the fixed image set (default 256)")
     p.add_argument("--epochs", type=int, default=8, help="at most this many epochs (columns) (default 8)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--scope", choices=("image", "grid"), default="image", help=SCOPE_HELP)
+    p.add_argument("--scope", choices=("image", "grid", "channel"), default="image", help=SCOPE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_backend_arg(p)
     p.set_defaults(func=cmd_evolution)
@@ -75,7 +76,7 @@ def register(sub):
     p.add_argument("--eval-images", type=int, default=200,
                    help="objects rendered on both backgrounds for the accuracy numbers (default 200; 0 = skip)")
     p.add_argument("--out", default=None, metavar="PNG", help="output PNG (default: reconstruct.png beside the weights)")
-    p.add_argument("--scope", choices=("image", "channel"), default="image", help=SCOPE_HELP)
+    p.add_argument("--scope", choices=("image", "grid", "channel"), default="image", help=SCOPE_HELP)
     add_backend_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 

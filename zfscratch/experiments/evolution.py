@@ -171,7 +171,8 @@ def evolution_figure(rows, tiles, values, epochs, path, scope="image", n_images=
     fig.suptitle("Feature evolution during training:\nstrongest projection per map", fontsize=9,
                  y=1 - 0.05 / height, va="top")
     fig.text(0.01, 0.01, f"Each tile: DeconvNet projection of the map's strongest activation{seen} at that "
-             f"epoch, cropped to its receptive field; number = activation. {viz.caption(scope)}.",
+             f"epoch, cropped to its receptive field; number = activation. "
+             f"{viz.caption(scope).replace('the whole grid', 'each row')}.",
              fontsize=6, va="bottom", ha="left", wrap=True)
     return viz.save_png(fig, path)
 

@@ -140,6 +140,9 @@ def reconstruct_figure(cols, groups, names, classes, path, scope="image"):
                           width_ratios=sum(([1] * per + [0.15] for _ in groups), [])[:-1],
                           left=0.02, right=0.99, top=1 - 0.5 / (0.9 + nr * 1.15),
                           bottom=0.45 / (0.9 + nr * 1.15), wspace=0.05, hspace=0.35)
+    layer_max = None
+    if scope == "grid":  # one max per layer over every sample and background: strengths comparable
+        layer_max = [max(float(np.abs(cols[bg][1][L]).max()) for bg in groups) for L in range(len(names))]
     for g, bg in enumerate(groups):
         disp, recs, prob, labels = cols[bg]
         for i in range(nr):
@@ -156,7 +159,8 @@ def reconstruct_figure(cols, groups, names, classes, path, scope="image"):
                 ax.set_ylabel(f"#{i}: {_name(classes, int(labels[i]))}", fontsize=6)
             for L, nm in enumerate(names):
                 ax = fig.add_subplot(gs[i, c0 + 1 + L])
-                ax.imshow(viz.to_display(recs[L][i], scope), interpolation="nearest")
+                tile = viz.to_display(recs[L][i], scope, max_abs=None if layer_max is None else layer_max[L])
+                ax.imshow(tile, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_title(nm, fontsize=6)
@@ -164,5 +168,6 @@ def reconstruct_figure(cols, groups, names, classes, path, scope="image"):
                  "coloured background", fontsize=9)
     fig.text(0.01, 0.005, "Input titles: background, predicted class and its probability (red: wrong); "
              "row labels: true class. Each reconstruction projects all activations of the layer. "
-             f"{viz.caption(scope)}.", fontsize=6, va="bottom", ha="left", wrap=True)
+             f"{viz.caption(scope).replace('the whole grid', 'each layer (all samples, both backgrounds)')}.",
+             fontsize=6, va="bottom", ha="left", wrap=True)
     return viz.save_png(fig, path)

@@ -450,7 +450,7 @@ def topk_figure(name, rec, path, k=9, scope="image", ncols=4, title=None, n_imag
            f"DeconvNet projections, right: image patches; both cropped to the receptive field "
            f"({size}x{size} px, stride {jump}; clipped to the image, shifted inwards at borders)"
            f"{f', upscaled x{z}' if z > 1 else ''}. {maps_note or f'Maps: the {len(maps)} with the strongest activation.'} "
-           f"{viz.caption(scope)}.")
+           f"{viz.caption(scope).replace('the whole grid', 'the grid of each map')}.")
     return viz.mosaic_figure(mosaic, path, title=ttl, caption_text=cap, labels=labels)
 
 
