@@ -23,9 +23,11 @@ Design
   pooling windows that contain it and sums ``dy`` where the switch points at it, in output order (the
   reference's order, so results are bit-identical). It needs the pooling geometry, which is not part
   of the contract's arguments: it comes from the optional ``k``/``stride`` keywords, else from the
-  geometry that :func:`maxpool_forward` recorded for these shapes; when neither is known (switches
-  made elsewhere) a scatter with ``atomicAdd`` is used, correct but with run-to-run float rounding
-  differences where three or more windows share a pixel.
+  geometry that :func:`maxpool_forward` recorded for these shapes, else a guess. A second pass (one
+  thread per output) adds with ``atomicAdd`` the ``dy`` of any output whose switch lies outside the
+  window the gather assumed (switches of a padded pool, or of a pool with other parameters but the
+  same shapes), so the result is right for any switches, and deterministic whenever the geometry is
+  the true one (always, for switches of :func:`maxpool_forward`).
 * **ReLU**, **LRN** (one thread per element, looping over its channel window) and **softmax
   cross-entropy** (one thread per row, accumulating in float64) are single kernels.
 
@@ -273,14 +275,27 @@ extern "C" __global__ void maxpool_bwd_gather(const real* __restrict__ dy, const
     }
 }
 
-// Unpooling as a scatter (geometry unknown): one thread per output (total = N*C*Ho*Wo); dx zeroed.
-extern "C" __global__ void maxpool_bwd_scatter(const real* __restrict__ dy, const int* __restrict__ sw,
-                                               real* __restrict__ dx, int HW, int P, long long total)
+// Fix-up after the gather (total = N*C*Ho*Wo): adds, with atomics, dy of the outputs whose switch lies
+// outside the window [oh*stride, oh*stride + k) x [ow*stride, ow*stride + k) that the gather assumed
+// (switches of another geometry, e.g. a padded pool). Exactly the outputs the gather skipped, so every
+// dy is added once; with the right geometry it adds nothing (and the result is deterministic).
+extern "C" __global__ void maxpool_bwd_fixup(const real* __restrict__ dy, const int* __restrict__ sw,
+                                             real* __restrict__ dx, int H, int W, int Ho, int Wo,
+                                             int k, int stride, long long total)
 {
     const idx_t T = (idx_t)total;
+    const int HW = H * W;
     for (idx_t idx = FIRST_INDEX; idx < T; idx += GRID_STRIDE) {
         const int s = sw[idx];
-        if ((unsigned)s < (unsigned)HW) atomic_add(dx + (idx / P) * HW + s, dy[idx]);
+        if ((unsigned)s >= (unsigned)HW) continue;   // not a pixel of the plane: dropped
+        const int ow = (int)(idx % Wo);
+        const idx_t t = idx / Wo;
+        const int oh = (int)(t % Ho);
+        const idx_t plane = t / Ho;
+        const int r = s / W, c = s - (s / W) * W;
+        const int h0 = oh * stride, w0 = ow * stride;
+        if (r >= h0 && r < h0 + k && c >= w0 && c < w0 + k) continue;   // counted by the gather
+        atomic_add(dx + plane * HW + s, dy[idx]);
     }
 }
 
@@ -374,7 +389,7 @@ extern "C" __global__ void softmax_xent_rows(const real* __restrict__ logits,
 """
 
 KERNEL_NAMES = ("im2col", "col2im", "unfold_bias", "fold", "maxpool_fwd", "maxpool_bwd_gather",
-                "maxpool_bwd_scatter", "relu_fwd", "relu_bwd", "lrn_fwd", "lrn_bwd", "softmax_xent_rows")
+                "maxpool_bwd_fixup", "relu_fwd", "relu_bwd", "lrn_fwd", "lrn_bwd", "softmax_xent_rows")
 
 
 def kernel_source(dtype, index64=False):
@@ -587,7 +602,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, pad):
 
 
 # ============================================================================== max-pool
-#: (H, W, Ho, Wo) -> set of (k, stride) seen by maxpool_forward; lets maxpool_backward gather
+#: (H, W, Ho, Wo) -> set of (k, stride) seen by maxpool_forward: the geometry maxpool_backward assumes
 _POOL_GEOMETRY = {}
 _POOL_GEOMETRY_MAX = 4096
 
@@ -617,8 +632,14 @@ def _pool_sizes(h, w, k, stride, ceil_mode):
         return None
 
 
-def _gather_geometry(h, w, ho, wo, k, stride):
-    """(k, stride) whose windows cover every true window of these shapes, or None if unknown."""
+def _unpool_geometry(h, w, ho, wo, k=None, stride=None):
+    """The (k, stride) whose windows the unpooling gather assumes.
+
+    Explicit arguments first; else what :func:`maxpool_forward` recorded for these shapes (one stride:
+    the largest k, whose windows contain the smaller ones); else a guess from the shapes. Any answer
+    gives the right result (the fix-up pass adds what the gather misses); the right one makes the
+    result deterministic and identical to the reference.
+    """
     if k is not None and stride is not None:
         k, stride = _check_int("k", k, 1), _check_int("stride", stride, 1)
         if not any(_pool_sizes(h, w, k, stride, m) == (ho, wo) for m in (True, False)):
@@ -626,17 +647,21 @@ def _gather_geometry(h, w, ho, wo, k, stride):
                              f"to output {ho}x{wo}")
         return k, stride
     seen = _POOL_GEOMETRY.get((h, w, ho, wo))
-    if not seen or len({s for _, s in seen}) != 1:
-        return None
-    # one stride: windows of the largest k contain the windows of every smaller k
-    return max(kk for kk, _ in seen), next(iter(seen))[1]
+    if seen and len({st for _, st in seen}) == 1:
+        return max(kk for kk, _ in seen), next(iter(seen))[1]
+    size, out = max(h, w), max(ho, wo)
+    st = max(1, (size - 1) // (out - 1)) if out > 1 else size
+    return max(1, min(size, max(size - (out - 1) * st, st + 1))), st
 
 
 def maxpool_backward(dy, switches, x_shape, k=None, stride=None):
     """Route ``dy`` to the switch positions, summing where windows overlap (also the unpooling).
 
     dy, switches (N, C, Ho, Wo) -> dx (N, C, H, W). ``k``/``stride`` (optional, beyond the contract)
-    name the pooling geometry; without them the geometry recorded by :func:`maxpool_forward` is used.
+    name the pooling geometry; without them the geometry recorded by :func:`maxpool_forward` for these
+    shapes is assumed. A gather (one thread per input pixel, deterministic) handles the switches inside
+    the assumed windows and a fix-up pass adds the others with atomics, so any int32 switches into the
+    (N, C) planes give the right sums; switches outside ``[0, H*W)`` are ignored.
     """
     dy = _dev(dy)
     dt = dy.dtype
@@ -649,16 +674,11 @@ def maxpool_backward(dy, switches, x_shape, k=None, stride=None):
     ho, wo = dy.shape[2], dy.shape[3]
     if n * c * h * w == 0 or dy.size == 0:
         return cupy.zeros((n, c, h, w), dtype=dt)
-    geom = _gather_geometry(h, w, ho, wo, k, stride)
-    if geom is not None:
-        dx = cupy.empty((n, c, h, w), dtype=dt)
-        _launch("maxpool_bwd_gather", dt, dx.size, (
-            dy, sw, dx, _i(h), _i(w), _i(ho), _i(wo), _i(geom[0]), _i(geom[1]), _ll(dx.size)),
-            index_size=dy.size)
-    else:
-        dx = cupy.zeros((n, c, h, w), dtype=dt)
-        _launch("maxpool_bwd_scatter", dt, dy.size, (dy, sw, dx, _i(h * w), _i(ho * wo), _ll(dy.size)),
-                index_size=dx.size)
+    kk, st = _unpool_geometry(h, w, ho, wo, k, stride)
+    dx = cupy.empty((n, c, h, w), dtype=dt)
+    args = (dy, sw, dx, _i(h), _i(w), _i(ho), _i(wo), _i(kk), _i(st))
+    _launch("maxpool_bwd_gather", dt, dx.size, args + (_ll(dx.size),), index_size=dy.size)
+    _launch("maxpool_bwd_fixup", dt, dy.size, args + (_ll(dy.size),), index_size=dx.size)
     return dx
 
 

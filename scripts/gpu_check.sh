@@ -7,6 +7,7 @@
 # Stages (each one's exit status is reported; a failing stage does not stop the next):
 #   setup       versions, GPU, `pip install -e . --no-deps --no-build-isolation` (offline)
 #   tests_gpu   pytest tests/test_gpu.py (CuPy kernels vs reference, gradient checks, training, weights)
+#   profile     per-convolution split of the time (im2col, GEMMs, col2im) and pool/LRN kernels
 #   bench_off   zfscratch bench --backend cupy --compare torch --model zfnet --size 224 --batch 128,
 #               TF32 off everywhere (target: training step >= 0.7x PyTorch/cuDNN)
 #   tests_other the other tests parametrized over the cupy backend (pytest -k cupy)
@@ -120,8 +121,77 @@ fi
 TF32_OFF=(env CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0)
 
 # ------------------------------------------------------------------ GPU tests
-run_stage tests_gpu 150 "$LOGS/tests_gpu.log" \
+run_stage tests_gpu 150 "$LOGS/tests.log" \
     "${TF32_OFF[@]}" "$PY" -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider
+
+# ------------------------------------------------------------------ kernel profile
+cat > "$WORK/profile.py" <<'EOF'
+"""Where the time of each ZFNet convolution goes (float32, CUDA events, median of 5 after a warm-up)."""
+import sys
+import numpy as np
+import cupy
+from zfscratch.kernels import gpu
+from zfscratch.kernels.reference import conv_output_size
+
+N = int(sys.argv[1])
+print(f"batch {N}, cupy {cupy.__version__}, TF32 {gpu.tf32_enabled()}")
+
+
+def ms(fn, reps=5):
+    fn()
+    out = []
+    for _ in range(reps):
+        a, b = cupy.cuda.Event(), cupy.cuda.Event()
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(cupy.cuda.get_elapsed_time(a, b))
+    return float(np.median(out))
+
+
+rng = cupy.random.default_rng(0)
+print(f"{'layer':<6} {'im2col':>7} {'gemm':>7} {'TF/s':>5} {'fold':>6} {'dW':>7} {'TF/s':>5} {'dW/8':>7} {'dX':>7} "
+      f"{'col2im':>7} | {'fwd':>7} {'bwd':>7}  (ms; dW/8: dW as 8 batched products summed)")
+for name, c, f, k, s, p, h in (("conv1", 3, 96, 7, 2, 1, 224), ("conv2", 96, 256, 5, 2, 0, 55),
+                               ("conv3", 256, 384, 3, 1, 1, 13), ("conv4", 384, 384, 3, 1, 1, 13),
+                               ("conv5", 384, 256, 3, 1, 1, 13)):
+    ho = conv_output_size(h, k, s, p)
+    x = rng.standard_normal((N, c, h, h), dtype=np.float32)
+    w = rng.standard_normal((f, c, k, k), dtype=np.float32)
+    b = rng.standard_normal((f,), dtype=np.float32)
+    dy = rng.standard_normal((N, f, ho, ho), dtype=np.float32)
+    w2 = w.reshape(f, -1)
+    cols = gpu._im2col(x, k, k, s, p, ho, ho)
+    dyt = gpu._fold(dy)
+    fl = 2.0 * f * w2.shape[1] * cols.shape[1]
+    t = dict(im2col=ms(lambda: gpu._im2col(x, k, k, s, p, ho, ho)), gemm=ms(lambda: cupy.matmul(w2, cols)),
+             fold=ms(lambda: gpu._fold(dy)), dw=ms(lambda: cupy.matmul(dyt, cols.T)),
+             dx=ms(lambda: cupy.matmul(w2.T, dyt)))
+    sp = 8 if N % 8 == 0 else 1
+    t["dw8"] = ms(lambda: cupy.matmul(dyt.reshape(f, sp, -1).transpose(1, 0, 2),
+                                      cols.reshape(cols.shape[0], sp, -1).transpose(1, 2, 0)).sum(axis=0))
+    dcols = cupy.matmul(w2.T, dyt)
+    dx = cupy.empty_like(x)
+    t["col2im"] = ms(lambda: gpu._col2im(dcols, dx, k, k, s, p, ho, ho))
+    del dcols, cols, dyt
+    t["fwd"] = ms(lambda: gpu.conv2d_forward(x, w, b, s, p))
+    t["bwd"] = ms(lambda: gpu.conv2d_backward(dy, x, w, s, p, need_dx=name != "conv1"))
+    print(f"{name:<6} {t['im2col']:7.2f} {t['gemm']:7.2f} {fl / t['gemm'] / 1e9:5.1f} {t['fold']:6.2f} {t['dw']:7.2f} "
+          f"{fl / t['dw'] / 1e9:5.1f} {t['dw8']:7.2f} {t['dx']:7.2f} {t['col2im']:7.2f} | {t['fwd']:7.2f} {t['bwd']:7.2f}")
+    del x, dy, dx
+for what, shape in (("pool1+norm1", (N, 96, 110, 110)), ("pool2+norm2", (N, 256, 26, 26))):
+    x = rng.standard_normal(shape, dtype=np.float32)
+    y, sw = gpu.maxpool_forward(x, 3, 2, True)
+    yl, sc = gpu.lrn_forward(y, 5, 1e-4, 0.75, 2.0)
+    print(f"{what}: pool fwd {ms(lambda: gpu.maxpool_forward(x, 3, 2, True)):.2f} bwd "
+          f"{ms(lambda: gpu.maxpool_backward(y, sw, x.shape)):.2f}, lrn fwd "
+          f"{ms(lambda: gpu.lrn_forward(y, 5, 1e-4, 0.75, 2.0)):.2f} bwd "
+          f"{ms(lambda: gpu.lrn_backward(y, y, yl, sc, 5, 1e-4, 0.75, 2.0)):.2f}, relu fwd "
+          f"{ms(lambda: gpu.relu_forward(x)):.2f} ms")
+    del x, y, sw, yl, sc
+EOF
+run_stage profile 45 "$LOGS/profile.log" "${TF32_OFF[@]}" "$PY" "$WORK/profile.py" "$BATCH"
 
 # ------------------------------------------------------------------ bench
 cat > "$WORK/bench.py" <<'EOF'
@@ -142,7 +212,7 @@ run_stage bench_tf32_off 110 "$LOGS/bench_tf32_off.log" \
     "${TF32_OFF[@]}" "$PY" "$WORK/bench.py" 0 "$WORK/bench_tf32_off.json" "$BATCH" "$REPEATS"
 
 # ------------------------------------------------------------------ other cupy-parametrized tests
-run_stage tests_other_cupy 60 "$LOGS/tests_other_cupy.log" \
+run_stage tests_other_cupy 60 "$LOGS/tests.log" \
     "${TF32_OFF[@]}" "$PY" -m pytest tests -q -rs -p no:cacheprovider -k cupy --ignore=tests/test_gpu.py
 
 # ------------------------------------------------------------------ bench, TF32 on
@@ -168,8 +238,8 @@ for dt in (np.float32, np.float64):
     for k, s, c in ((3, 2, True), (3, 2, False), (2, 2, True)):
         y, sw = gpu.maxpool_forward(x, k, s, c)
         gpu.maxpool_backward(cupy.ones_like(y), sw, x.shape)
-        gpu._POOL_GEOMETRY.clear()
-        gpu.maxpool_backward(cupy.ones_like(y), sw, x.shape)  # atomic scatter
+        foreign = cupy.asarray(rng.integers(0, 13 * 11, size=sw.shape).astype(np.int32))
+        gpu.maxpool_backward(cupy.ones_like(y), foreign, x.shape)  # gather + atomic fix-up
     r = gpu.relu_forward(x)
     gpu.relu_backward(x, r)
     y, sc = gpu.lrn_forward(x, 5, 1e-4, 0.75, 2.0)

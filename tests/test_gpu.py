@@ -405,26 +405,51 @@ def test_maxpool_matches_reference(impl, k, stride, ceil, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_maxpool_backward_without_geometry_and_shared_shapes(impl, dtype, monkeypatch):
+def test_unpool_with_shared_shapes_unknown_geometry_and_foreign_switches(impl, dtype, monkeypatch):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 4, size=(2, 3, 55, 54)).astype(dtype)
-    # 2/2 floor and 3/2 ceil both map 55 -> 27: the gather must cover the larger window
+    # 2/2 floor and 3/2 ceil both map 55x54 -> 27x27: the gather must cover the larger window
     for k, s, ceil in [(2, 2, False), (3, 2, True)]:
-        y_ref, sw_ref = ref.maxpool_forward(x, k, s, ceil)
-        _, sw = impl.mod.maxpool_forward(impl.dev(x), k, s, ceil)
+        impl.mod.maxpool_forward(impl.dev(x), k, s, ceil)
     for k, s, ceil in [(2, 2, False), (3, 2, True)]:
         y_ref, sw_ref = ref.maxpool_forward(x, k, s, ceil)
         dy = rng.standard_normal(y_ref.shape).astype(dtype)
         dx_ref = ref.maxpool_backward(dy, sw_ref, x.shape)
         np.testing.assert_array_equal(Impl.host(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape)),
                                       dx_ref)
-        # switches from elsewhere, geometry unknown: atomic scatter
-        monkeypatch.setattr(impl.mod, "_POOL_GEOMETRY", {})
-        assert_close(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape), dx_ref, dtype,
-                     "unpool (scatter)")
-        monkeypatch.undo()
+        with monkeypatch.context() as m:  # nothing recorded: the geometry is guessed from the shapes
+            m.setattr(impl.mod, "_POOL_GEOMETRY", {})
+            assert_close(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape), dx_ref, dtype,
+                         "unpool (guessed geometry)")
+    # switches from anywhere in the plane (another pool with the same shapes, a padded pool): the
+    # fix-up pass adds what the gather does not see
+    sw_any = rng.integers(0, 55 * 54, size=y_ref.shape).astype(np.int32)
+    sw_any[0, 0, 0, :5] = 0  # several outputs on one pixel
+    dx_ref = ref.maxpool_backward(dy, sw_any, x.shape)
+    assert_close(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_any), x.shape), dx_ref, dtype,
+                 "unpool (foreign switches)")
+    assert_close(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_any), x.shape, k=3, stride=2), dx_ref, dtype,
+                 "unpool (foreign switches, explicit geometry)")
     with pytest.raises(ValueError):
         impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape, k=3, stride=3)
+
+
+def test_padded_pool_layer_matches_numpy_backend(impl):
+    """MaxPool2d(pad=1) (ONNX models) pools a padded copy and maps switches back: unpooling still right."""
+    from zfscratch.layers import MaxPool2d
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 14, 13))
+    dy = None
+    outs = []
+    for be in ("numpy", impl.backend):
+        layer = MaxPool2d(3, 2, ceil_mode=False, pad=1).set_backend(be)
+        y = layer.forward(layer.backend.to_device(x))
+        if dy is None:
+            dy = rng.standard_normal(y.shape)
+        outs.append((Impl.host(y), Impl.host(layer.switches), Impl.host(layer.backward(layer.backend.to_device(dy)))))
+    np.testing.assert_array_equal(outs[1][0], outs[0][0])
+    np.testing.assert_array_equal(outs[1][1], outs[0][1])
+    assert_close(outs[1][2], outs[0][2], np.float64, "padded pool dx")
 
 
 # ============================================================================== ReLU, LRN, softmax
