@@ -180,6 +180,16 @@ def evolution_figure(rows, tiles, values, epochs, path, scope="image", n_images=
 def dataset_from_meta(meta, split="val"):
     """Open the dataset a model was trained on (``meta["train"]["data"]``), ``split`` if it has one."""
     spec = ((meta or {}).get("train") or {}).get("data")
+    while isinstance(spec, dict) and "subset_of" in spec:  # a held-out part of a dataset
+        spec = spec["subset_of"]
+    if isinstance(spec, dict) and spec.get("kind") == "synthetic":  # a dataset's describe() record
+        from zfscratch.data import open_dataset
+        kw = {k: spec[k] for k in ("n", "size", "seed", "background", "max_angle") if k in spec}
+        if spec.get("classes"):
+            kw["classes"] = "+".join(spec["classes"])
+        if spec.get("scale_range"):
+            kw["scale"] = "{}-{}".format(*spec["scale_range"])
+        return open_dataset("synthetic", split=split, **kw)
     if not isinstance(spec, str) or not spec:
         raise UserError("the weights do not record their training data as a spec string; pass --data")
     return open_split(spec, split)
