@@ -31,6 +31,10 @@ def register(sub):
     p.add_argument("--layers", default="1-5", help="layers: paper numbers (1-5 = relu1..relu5) and/or layer "
                    "names, e.g. 1-5, 2,4, conv5,pool2 (default 1-5)")
     p.add_argument("--maps", type=int, default=16, help="maps shown per layer, the strongest (default 16)")
+    p.add_argument("--map-list", default=None, metavar="M1,M2,...",
+                   help="show these maps (indices, for every layer) instead of the strongest --maps")
+    p.add_argument("--by", choices=("max", "mean"), default="max",
+                   help="strongest maps by their top activation (max, default) or top-k mean (mean)")
     p.add_argument("--k", type=int, default=9, help="activations kept per map (default 9)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--images", type=int, default=None, help="scan only the first N images (default all)")
@@ -123,9 +127,22 @@ def cmd_visualize(args):
         _positive(n, v)
     net, meta = _load(args.weights, args.backend)
     layers = _layers(net, args.layers)
+    maps = args.maps
+    if args.map_list:
+        from zfscratch.errors import UserError
+        try:
+            maps = [int(m) for m in args.map_list.split(",") if m.strip()]
+        except ValueError:
+            raise UserError(f"--map-list {args.map_list!r}: expected comma-separated map indices") from None
+        from zfscratch.models import input_shape
+        shapes = dict(net.output_shapes((1,) + tuple(input_shape(net))))
+        for name in layers:
+            c = shapes[name][1]
+            if not maps or min(maps) < 0 or max(maps) >= c:
+                raise UserError(f"--map-list {args.map_list!r}: layer {name} has maps 0..{c - 1}")
     ds = _open_data(args.data, meta, args.split)
-    res = run_topk(net, meta, ds, args.out, layers=layers, maps=args.maps, k=args.k, images=args.images,
-                   batch=args.batch, scope=args.scope, progress=not args.quiet)
+    res = run_topk(net, meta, ds, args.out, layers=layers, maps=maps, k=args.k, images=args.images,
+                   batch=args.batch, scope=args.scope, by=args.by, progress=not args.quiet)
     print(f"scanned {res['images']} images in {res['search_s']:.1f} s ({res['images_per_s']:.0f} img/s), "
           f"projections {res['project_s']:.1f} s, backend {net.backend.name}")
     for name, r in res["layers"].items():
