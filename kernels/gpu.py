@@ -399,19 +399,19 @@ def kernel_source(dtype, index64=False):
             + _SOURCE)
 
 
-#: (dtype char, index64) -> cupy.RawModule, and (name, dtype char, index64) -> kernel function
+#: (dtype char, index64) -> cupy.RawModule; (name, dtype char, index64, device) -> kernel function
 _MODULES = {}
 _FUNCTIONS = {}
 
 
 def _kernel(name, dtype, index64=False):
-    key = (name, _dtype(dtype).char, bool(index64))
+    key = (name, _dtype(dtype).char, bool(index64), cupy.cuda.runtime.getDevice())
     fn = _FUNCTIONS.get(key)
     if fn is None:
-        mod = _MODULES.get(key[1:])
+        mod = _MODULES.get(key[1:3])
         if mod is None:
-            mod = _MODULES[key[1:]] = cupy.RawModule(code=kernel_source(dtype, index64))
-        fn = _FUNCTIONS[key] = mod.get_function(name)
+            mod = _MODULES[key[1:3]] = cupy.RawModule(code=kernel_source(dtype, index64))
+        fn = _FUNCTIONS[key] = mod.get_function(name)  # loaded on the current device
     return fn
 
 

@@ -189,7 +189,7 @@ def _fake_cupy():
     m.ndarray = np.ndarray
     m.RawModule = _EmuRawModule
     m.asnumpy = np.asarray
-    m.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+    m.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0),
                                    Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None))
     return m
 
