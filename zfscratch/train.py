@@ -1,0 +1,906 @@
+"""Training and evaluation: SGD as in the paper, checkpoints with exact resume, metrics, snapshots.
+
+Python API
+----------
+``train_model(data, out_dir, model="zfnet_small", epochs=..., batch=..., lr=..., ...) -> dict`` trains
+and writes a *run directory*::
+
+    RUN_DIR/weights.npz            final weights, self-describing (meta: config, classes, preprocessing,
+                                   train summary; extra/mean: the mean image): all other commands need
+                                   only this file
+    RUN_DIR/checkpoint.npz         everything needed to resume exactly (written atomically after every
+                                   epoch and every ``checkpoint_every`` steps)
+    RUN_DIR/snapshots/epoch_0001.npz ...  weights at the chosen epochs (meta["epoch"]), for Fig 4
+    RUN_DIR/metrics.csv            one row per epoch (lr, train/val loss and accuracy, times)
+    RUN_DIR/metrics.json           the same rows + run summary (config, data, best/final accuracy)
+    RUN_DIR/curve.png              loss and error curves
+
+``evaluate(net, dataset, prep, ...) -> dict`` computes top-1/top-5 error, per-class accuracy and the
+confusion matrix; ``evaluate_weights(weights, data, ...)`` does the same from a weights file and
+writes ``evaluation.json`` + ``confusion.png``.
+
+Recipe (DESIGN §4, paper §3): SGD with momentum 0.9, weight decay 5e-4, dropout 0.5 on fc6/fc7,
+conv filters renormalized to RMS <= 0.1 after every step, lr divided by 10 when the validation
+accuracy stops improving (``optim.PlateauSchedule``), per-pixel mean subtraction, random crops and
+horizontal flips.
+
+Determinism and exact resume
+----------------------------
+Batches come from ``zfscratch.data.BatchIterator``: the order of each epoch is a permutation drawn
+from ``(seed, epoch)``, the augmentation of each batch draws from a generator seeded by ``(seed,
+epoch, position, rank)``, and the iterator's state is ``(epoch, position)``; the dropout generators'
+states are saved too (``net.rng_state()``). A checkpoint records (epoch, batch position, iterator
+state, weights, optimizer velocities, lr, schedule state, dropout states, running epoch sums,
+history), so a run killed at any point and resumed with ``resume=True`` produces
+bit-identical weights to an uninterrupted run on the same backend and thread count. The iterator's
+position is global (it shards each global batch over ``(rank, world_size)``), so the checkpoint does
+not depend on the number of workers (DESIGN §9).
+
+Test hooks (environment variables, for the reliability tests only):
+``ZFSCRATCH_TEST_KILL_AT_STEP=N`` sends SIGKILL to the process right after optimizer step N (after that
+step's checkpoint, if one is due); ``ZFSCRATCH_TEST_NAN_AT_STEP=N`` replaces the loss of step N with NaN.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from zfscratch import io as zio
+from zfscratch.errors import UserError
+from zfscratch.preprocess import Preprocess
+
+CHECKPOINT_FORMAT = "zfscratch-checkpoint"
+DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
+
+#: Defaults of :func:`train_model` (and of ``zfscratch train``).
+DEFAULTS = dict(
+    model="zfnet_small", model_config=None, input_size=None, resize=None, pad=0,
+    epochs=10, batch=64, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
+    lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
+    seed=0, val_split=0.1, val_data=None, snapshots=DEFAULT_SNAPSHOTS, checkpoint_every=0,
+    augment=("flip", "crop"), scale=1.0 / 64, mean="pixel", eval_batch=None,
+)
+#: options that a resumed run may change; every other option must match the checkpoint
+RESUME_MAY_CHANGE = ("epochs", "snapshots", "checkpoint_every", "eval_batch")
+AUGMENTS = ("flip", "crop")
+
+METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5_acc",
+                 "epoch_time_s", "elapsed_s", "images_per_s", "lr_annealed")
+
+KILL_ENV = "ZFSCRATCH_TEST_KILL_AT_STEP"
+NAN_ENV = "ZFSCRATCH_TEST_NAN_AT_STEP"
+
+
+class TrainingDiverged(UserError):
+    """The loss (or the weights) became NaN or infinite; the last good checkpoint is kept."""
+
+
+# =============================================================================================
+# Data access
+# =============================================================================================
+
+def _labels_of(ds):
+    lab = getattr(ds, "labels", None)
+    if lab is None:
+        raise UserError(f"dataset {_describe(ds)} has no labels")
+    return np.asarray(lab() if callable(lab) else lab)
+
+
+def _describe(ds):
+    d = getattr(ds, "describe", None)
+    if callable(d):
+        try:
+            return d()
+        except Exception:  # description is informative only
+            pass
+    return {"kind": type(ds).__name__, "n": len(ds)}
+
+
+def open_data(spec, split="train"):
+    """Open a dataset from a spec string (``synthetic[:opts]``, ``idx:PATH``, ``cifar:PATH``,
+    ``folder:PATH``) for ``split``; datasets (objects) pass through."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return spec
+    from zfscratch.data import open_dataset
+    return open_dataset(os.fspath(spec), split=split)
+
+
+def _has_own_val(spec):
+    """Whether ``spec`` names data with a genuine validation split: synthetic (a separate random
+    stream) or a folder with a ``val/`` subfolder. (For CIFAR/IDX "val" means the test files, which
+    should not steer training: a held-out part of the training set is used instead.)"""
+    from zfscratch.data import parse_spec
+    kind, path, _ = parse_spec(spec)
+    if kind == "synthetic":
+        return True
+    if kind == "folder" and path:
+        from zfscratch.data.folder import folder_splits
+        try:
+            return os.path.isdir(os.path.join(os.path.expanduser(path), "val")) and \
+                "val" in folder_splits(os.path.expanduser(path))
+        except UserError:
+            return False
+    return False
+
+
+def resolve_data(data, val_data=None, val_split=0.1, seed=0):
+    """(train, val) datasets from the ``data`` argument of :func:`train_model`.
+
+    ``data``: a spec string, a dataset, or a ``(train, val)`` pair. The validation set is
+    ``val_data`` when given, else the source's own validation split when it has a genuine one
+    (synthetic, folder with ``val/``), else a deterministic, stratified ``val_split`` fraction held
+    out of the training set (``zfscratch.data.holdout_split``).
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return open_data(data[0], "train"), open_data(data[1], "val")
+    train = open_data(data, "train")
+    if val_data is not None:
+        return train, open_data(val_data, "val")
+    if isinstance(data, str) and _has_own_val(data):
+        return train, open_data(data, "val")
+    if not 0 < val_split < 1:
+        raise UserError(f"--val-split {val_split}: expected a fraction in (0, 1) (the data has no "
+                        f"validation split of its own)")
+    if len(train) < 2:
+        raise UserError(f"dataset {_describe(train)} has {len(train)} images: too few to hold out a "
+                        f"validation set")
+    from zfscratch.data import holdout_split
+    return holdout_split(train, val_split, seed)
+
+
+class Cached:
+    """A dataset's images prepared to (R, R, C) uint8 once (when they fit in ``limit_bytes``)."""
+
+    def __init__(self, ds, prep, limit_bytes=3 << 30, desc="loading", quiet=True, chunk=512):
+        self.ds, self.prep = ds, prep
+        self.n = len(ds)
+        self.labels = _labels_of(ds).astype(np.int64)
+        self.images = None
+        first, _ = ds.get_batch(np.arange(min(1, self.n)))
+        if first.ndim != 4:
+            raise UserError(f"dataset {_describe(ds)} yields images of shape {first.shape[1:]}, expected (H, W, C)")
+        self.channels = int(first.shape[-1])
+        r = prep.resize
+        if self.n * r * r * self.channels <= limit_bytes:
+            self.images = np.empty((self.n, r, r, self.channels), np.uint8)
+            it = range(0, self.n, chunk)
+            bar = _tqdm(total=self.n, desc=desc, unit="img", disable=quiet, leave=False)
+            for s in it:
+                idx = np.arange(s, min(self.n, s + chunk))
+                imgs, _ = ds.get_batch(idx)
+                self.images[s:s + len(idx)] = prep.prepare(imgs)
+                bar.update(len(idx))
+            bar.close()
+
+    def __len__(self):
+        return self.n
+
+    def get_batch(self, idx):
+        return self.get(idx)
+
+    def get(self, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.images is not None:
+            return self.images[idx], self.labels[idx]
+        imgs, lab = self.ds.get_batch(idx)
+        return self.prep.prepare(imgs), np.asarray(lab, np.int64)
+
+    def batches(self, size):
+        for s in range(0, self.n, size):
+            yield self.get(np.arange(s, min(self.n, s + size)))
+
+
+def _tqdm(**kw):
+    from tqdm import tqdm
+    kw.setdefault("file", sys.stderr)
+    kw.setdefault("dynamic_ncols", True)
+    kw.setdefault("mininterval", 0.5)
+    return tqdm(**kw)
+
+
+# =============================================================================================
+# Evaluation
+# =============================================================================================
+
+def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True, desc="evaluate"):
+    """Classify every image of ``data`` and score the predictions.
+
+    Parameters
+    ----------
+    net : Sequential
+    data : dataset (``get_batch``/``labels``) or :class:`Cached`
+    prep : Preprocess
+    ten_crop : average the softmax over the paper's 10 views (4 corners + centre, mirrored)
+
+    Returns
+    -------
+    dict: n, loss, accuracy, top1_error, top5_error (top-k with k = min(5, classes)), per_class
+    ({class: accuracy}), confusion (list of rows: true class, columns: predicted), classes.
+    """
+    cached = data if isinstance(data, Cached) else Cached(data, prep, limit_bytes=0)
+    be = net.backend
+    k = int(net.config.get("num_classes") or net.layers[-1].out_f)
+    classes = list(classes or getattr(cached.ds, "classes", None) or [str(i) for i in range(k)])
+    labels = cached.labels
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise UserError(f"dataset {_describe(cached.ds)} has labels in [{labels.min()}, {labels.max()}] but "
+                        f"the model has {k} classes")
+    conf = np.zeros((k, k), np.int64)
+    loss_sum, top5, n = 0.0, 0, 0
+    topk = min(5, k)
+    bar = _tqdm(total=len(cached), desc=desc, unit="img", disable=quiet, leave=False)
+    for imgs, y in cached.batches(batch):
+        if ten_crop:
+            views = prep.ten_crop(imgs)
+            p = 0.0
+            for v in views:
+                p = p + _softmax(be.to_host(net.forward(be.to_device(v), train=False)))
+            p = p / len(views)
+        else:
+            p = _softmax(be.to_host(net.forward(be.to_device(prep(imgs)), train=False)))
+        loss_sum += float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-30)).sum())
+        pred = p.argmax(axis=1)
+        np.add.at(conf, (y, pred), 1)
+        top = np.argsort(-p, axis=1, kind="stable")[:, :topk]
+        top5 += int((top == y[:, None]).any(axis=1).sum())
+        n += len(y)
+        bar.update(len(y))
+    bar.close()
+    correct = int(np.trace(conf))
+    per_class = {}
+    for c in range(k):
+        tot = int(conf[c].sum())
+        per_class[classes[c] if c < len(classes) else str(c)] = (float(conf[c, c] / tot) if tot else None)
+    acc = correct / n if n else float("nan")
+    return {"n": n, "loss": loss_sum / n if n else float("nan"), "accuracy": acc,
+            "top1_error": 1.0 - acc, "top5_accuracy": top5 / n if n else float("nan"),
+            "top5_error": 1.0 - top5 / n if n else float("nan"), "topk": topk,
+            "per_class": per_class, "confusion": conf.tolist(), "classes": classes,
+            "ten_crop": bool(ten_crop)}
+
+
+def _softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, backend=None, out_dir=None,
+                     quiet=False):
+    """Evaluate a weights file on a dataset; writes ``evaluation[_SPLIT].json`` and
+    ``confusion[_SPLIT].png`` into ``out_dir`` (default: the weights' folder). Returns the result
+    dict (plus ``json``/``png`` paths)."""
+    net, meta = zio.load_weights(weights, backend=backend)
+    prep = Preprocess.from_meta(meta)
+    ds = open_data(data, split)
+    k = int(net.config.get("num_classes"))
+    classes = meta.get("classes")
+    ds_classes = list(getattr(ds, "classes", None) or [])
+    if ds_classes and len(ds_classes) != k:
+        raise UserError(f"dataset {data} has {len(ds_classes)} classes but the model in {weights} was "
+                        f"trained on {k}")
+    if len(ds) == 0:
+        raise UserError(f"dataset {data} (split {split}) holds no images")
+    out_dir = out_dir or os.path.dirname(os.path.abspath(weights))
+    check_writable_dir(out_dir)
+    cached = Cached(ds, prep, limit_bytes=0)
+    res = evaluate(net, cached, prep, batch=batch, ten_crop=ten_crop, classes=classes or ds_classes,
+                   quiet=quiet, desc=f"evaluate {split}")
+    res.update(weights=os.path.abspath(weights), data=str(data) if isinstance(data, str) else _describe(ds),
+               split=split, backend=net.backend.name)
+    tag = "" if split in (None, "") else f"_{split}"
+    jpath = os.path.join(out_dir, f"evaluation{tag}.json")
+    ppath = os.path.join(out_dir, f"confusion{tag}.png")
+    zio.atomic_write_text(jpath, json.dumps(_jsonable(res), indent=1) + "\n")
+    plot_confusion(res["confusion"], res["classes"], ppath,
+                   title=f"{os.path.basename(weights)} on {split}: top-1 error {res['top1_error']:.2%}")
+    res.update(json=jpath, png=ppath)
+    return res
+
+
+# =============================================================================================
+# Plots
+# =============================================================================================
+
+def _figure(w, h):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_fig(fig, path):
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    zio.atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curve(history, path, title="training"):
+    """Loss and error (1 - accuracy) per epoch, train and validation; lr annealings marked."""
+    fig = _figure(10, 4)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ep = [h["epoch"] for h in history]
+    ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy loss"), ax1.set_yscale("log")
+    ax2.plot(ep, [100 * (1 - h["train_acc"]) for h in history], "o-", label="train (dropout, augmented)")
+    ax2.plot(ep, [100 * (1 - h["val_acc"]) for h in history], "s-", label="validation top-1")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("error (%)")
+    for h in history:
+        if h.get("lr_annealed"):
+            for ax in (ax1, ax2):
+                ax.axvline(h["epoch"], color="grey", lw=0.8, ls=":")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if history:
+        last = history[-1]
+        fig.suptitle(f"{title}: val acc {last['val_acc']:.2%} after {last['epoch']} epochs "
+                     f"({last['elapsed_s'] / 60:.1f} min)")
+    _save_fig(fig, path)
+
+
+def plot_confusion(conf, classes, path, title="confusion matrix"):
+    """Row-normalized confusion matrix (rows: true class, columns: predicted) with counts."""
+    conf = np.asarray(conf)
+    k = conf.shape[0]
+    fig = _figure(max(5, 0.55 * k + 2), max(4, 0.5 * k + 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    rows = conf.sum(axis=1, keepdims=True)
+    frac = np.divide(conf, np.maximum(rows, 1))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    ax.set_xticks(range(k)), ax.set_yticks(range(k))
+    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticklabels(classes, fontsize=8)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if conf[i, j]:
+                    ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    _save_fig(fig, path)
+
+
+# =============================================================================================
+# Run directory, checkpoints
+# =============================================================================================
+
+def check_writable_dir(path):
+    """Create ``path`` if needed and check that files can be written in it (UserError otherwise)."""
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {path}: {e.strerror or e}") from None
+
+
+def run_files(out_dir):
+    """Paths of a run directory's files (see the module docstring)."""
+    j = lambda *p: os.path.join(out_dir, *p)  # noqa: E731
+    return {"weights": j("weights.npz"), "checkpoint": j("checkpoint.npz"), "snapshots": j("snapshots"),
+            "metrics_csv": j("metrics.csv"), "metrics_json": j("metrics.json"), "curve": j("curve.png")}
+
+
+def snapshot_path(out_dir, epoch):
+    return os.path.join(out_dir, "snapshots", f"epoch_{int(epoch):04d}.npz")
+
+
+def load_checkpoint(path):
+    """Read a checkpoint: (arrays, meta). UserError when missing or not a checkpoint."""
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: no checkpoint {path} to resume from")
+    arrays, meta = zio.load_npz(path, "checkpoint")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {path} is not a zfscratch training checkpoint")
+    return arrays, meta
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def _parse_snapshots(s):
+    if s is None:
+        return ()
+    if isinstance(s, str):
+        s = [p for p in s.replace(" ", "").split(",") if p]
+    try:
+        out = sorted({int(v) for v in s})
+    except (TypeError, ValueError):
+        raise UserError(f"--snapshots {s!r}: expected comma-separated epoch numbers such as 1,2,5,10") from None
+    if any(v < 0 for v in out):
+        raise UserError(f"--snapshots {s!r}: epochs must be >= 0")
+    return tuple(out)
+
+
+def _parse_augment(a):
+    if a is None or a == "" or a == "none":
+        return ()
+    if isinstance(a, str):
+        a = [p for p in a.replace(" ", "").split(",") if p]
+    a = tuple(sorted(set(a) - {"none"}))
+    bad = [x for x in a if x not in AUGMENTS]
+    if bad:
+        raise UserError(f"--augment {','.join(bad)}: expected a comma-separated subset of "
+                        f"{', '.join(AUGMENTS)} (or none)")
+    return a
+
+
+def _check_options(cfg):
+    def pos_int(k, minimum=1):
+        v = cfg[k]
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
+            raise UserError(f"--{k.replace('_', '-')} {v}: expected an integer >= {minimum}")
+    pos_int("batch"), pos_int("epochs"), pos_int("checkpoint_every", 0)
+    if cfg["eval_batch"] is not None:
+        pos_int("eval_batch")
+    for k in ("lr", "scale"):
+        if not (isinstance(cfg[k], (int, float)) and math.isfinite(cfg[k]) and cfg[k] > 0):
+            raise UserError(f"--{k} {cfg[k]}: expected a positive number")
+    if not 0 <= cfg["momentum"] < 1:
+        raise UserError(f"--momentum {cfg['momentum']}: expected a value in [0, 1)")
+    if cfg["weight_decay"] < 0:
+        raise UserError(f"--weight-decay {cfg['weight_decay']}: expected >= 0")
+    if not 0 < cfg["lr_factor"] < 1:
+        raise UserError(f"--lr-factor {cfg['lr_factor']}: expected a value in (0, 1)")
+    if cfg["pad"] < 0:
+        raise UserError(f"--pad {cfg['pad']}: expected >= 0")
+    if cfg["input_size"] is not None and cfg["input_size"] < 8:
+        raise UserError(f"--input-size {cfg['input_size']}: expected >= 8")
+    if cfg["resize"] is not None and cfg["input_size"] is not None and cfg["resize"] < cfg["input_size"]:
+        raise UserError(f"--resize {cfg['resize']} is smaller than --input-size {cfg['input_size']}")
+    if cfg["mean"] not in ("pixel", "channel", "none"):
+        raise UserError(f"--mean {cfg['mean']!r}: expected pixel, channel or none")
+    from zfscratch.models import ARCHS
+    if cfg["model"] not in ARCHS:
+        raise UserError(f"--model {cfg['model']!r}: expected one of {', '.join(ARCHS)}")
+
+
+# =============================================================================================
+# Training
+# =============================================================================================
+
+class Trainer:
+    """One training run (use :func:`train_model`)."""
+
+    def __init__(self, data, out_dir, cfg, backend=None, resume=False, overwrite=False, quiet=False,
+                 progress=None):
+        self.out_dir = os.fspath(out_dir)
+        self.files = run_files(self.out_dir)
+        self.quiet, self.progress_cb = quiet, progress
+        self.resume = resume
+        ck_arrays = ck_meta = None
+        if resume:
+            ck_arrays, ck_meta = load_checkpoint(self.files["checkpoint"])
+            cfg = self._merge_resumed(cfg, ck_meta["train"])
+            stored = ck_meta.get("data_spec")
+            if data is not None and stored is not None and isinstance(data, str) and data != stored:
+                raise UserError(f"--resume: --data {data} differs from the checkpoint's {stored}")
+            if data is None:
+                data = stored
+                if data is None:
+                    raise UserError(f"checkpoint {self.files['checkpoint']} was trained on a dataset object; "
+                                    f"pass the data again to resume")
+        else:
+            cfg = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+            if data is None:
+                raise UserError("no training data given (--data)")
+            existing = [p for p in (self.files["checkpoint"], self.files["weights"], self.files["metrics_json"])
+                        if os.path.exists(p)]
+            if existing and not overwrite:
+                raise UserError(f"output directory {self.out_dir} already holds a run ({os.path.basename(existing[0])}); "
+                                f"use --resume to continue it or --overwrite to start again")
+        cfg["snapshots"] = _parse_snapshots(cfg["snapshots"])
+        cfg["augment"] = _parse_augment(cfg["augment"])
+        _check_options(cfg)
+        self.cfg = cfg
+        self.data_spec = data if isinstance(data, str) else None
+
+        # data (loader errors surface here, before anything is written)
+        self.train_ds, self.val_ds = resolve_data(data, cfg["val_data"], cfg["val_split"], cfg["seed"])
+        if len(self.train_ds) == 0:
+            raise UserError(f"training data {data} holds no images")
+        if len(self.val_ds) == 0:
+            raise UserError("the validation set holds no images")
+        self.classes = list(getattr(self.train_ds, "classes", None) or [])
+        labels = _labels_of(self.train_ds)
+        k = len(self.classes) or int(labels.max()) + 1
+        if not self.classes:
+            self.classes = [str(i) for i in range(k)]
+        for name, ds in (("training", self.train_ds), ("validation", self.val_ds)):
+            lab = _labels_of(ds)
+            if lab.size and (lab.min() < 0 or lab.max() >= k):
+                raise UserError(f"{name} data {_describe(ds)}: labels span [{lab.min()}, {lab.max()}], "
+                                f"expected 0..{k - 1} for {k} classes")
+        self.num_classes = k
+        self.backend_name = backend
+
+        check_writable_dir(self.out_dir)
+        from zfscratch.cli import resolve_backend
+        self.be = resolve_backend(backend)
+
+        # preprocessing and model
+        if ck_meta is not None:
+            self.prep = Preprocess.from_meta({"preprocessing": ck_meta["preprocessing"],
+                                              "extra": {"mean": ck_arrays["mean"]} if "mean" in ck_arrays else {}})
+        else:
+            self.prep = self._make_prep()
+        if ck_meta is None and overwrite:
+            self._clear_run()
+        self._load_caches()
+        if ck_meta is None:
+            self.prep.fit_mean(b for b, _ in self.train.batches(512))
+        self._build(ck_meta, ck_arrays)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _merge_resumed(self, given, stored):
+        cfg = dict(stored)
+        for k, v in given.items():
+            if v is None:
+                continue
+            if k in RESUME_MAY_CHANGE:
+                cfg[k] = v
+                continue
+            sv = stored.get(k)
+            if k == "snapshots" or k == "augment":
+                continue
+            norm = (lambda x: list(x) if isinstance(x, (tuple, list)) else x)
+            if norm(v) != norm(sv):
+                raise UserError(f"--resume: option {k}={v!r} differs from the checkpoint's {sv!r}; a resumed "
+                                f"run keeps its settings (only {', '.join(RESUME_MAY_CHANGE)} may change)")
+        return {**DEFAULTS, **cfg}
+
+    def _make_prep(self):
+        cfg = self.cfg
+        first, _ = self.train_ds.get_batch(np.arange(1))
+        h, w = first.shape[1:3]
+        size = cfg["input_size"]
+        if size is None:
+            from zfscratch.models import PRESETS
+            size = h if h == w else PRESETS[cfg["model"]]["input_size"]
+        resize = cfg["resize"] or size
+        if resize < size:
+            raise UserError(f"--resize {resize} is smaller than the input size {size}")
+        return Preprocess(size, resize=resize, scale=cfg["scale"], pad=cfg["pad"], mean_mode=cfg["mean"])
+
+    def _clear_run(self):
+        for key in ("checkpoint", "weights", "metrics_csv", "metrics_json", "curve"):
+            if os.path.exists(self.files[key]):
+                os.unlink(self.files[key])
+        if os.path.isdir(self.files["snapshots"]):
+            shutil.rmtree(self.files["snapshots"])
+
+    def _load_caches(self):
+        self.train = Cached(self.train_ds, self.prep, desc="loading training images", quiet=self.quiet)
+        self.val = Cached(self.val_ds, self.prep, desc="loading validation images", quiet=self.quiet)
+        if self.train.channels != self.val.channels:
+            raise UserError(f"training images have {self.train.channels} channels, validation images "
+                            f"{self.val.channels}")
+
+    def _build(self, ck_meta, ck_arrays):
+        from zfscratch.layers import SoftmaxCrossEntropy
+        from zfscratch.models import build_model
+        from zfscratch.optim import SGD, PlateauSchedule
+        cfg = self.cfg
+        if ck_meta is not None:
+            mcfg = ck_meta["config"]
+        else:
+            mcfg = dict(cfg["model_config"] or {})
+            mcfg.update(arch=cfg["model"], num_classes=self.num_classes, input_size=self.prep.input_size,
+                        in_channels=self.train.channels, seed=cfg["seed"])
+        try:
+            self.net = build_model(mcfg, backend=self.be)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot build model {cfg['model']}: {e}") from None
+        self.loss_fn = SoftmaxCrossEntropy(self.be)
+        self.opt = SGD(self.net, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                       renorm_rms=cfg["renorm_rms"])
+        self.sched = PlateauSchedule(self.opt, factor=cfg["lr_factor"], patience=cfg["lr_patience"],
+                                     threshold=cfg["lr_threshold"], min_lr=cfg["min_lr"], mode="max")
+        self.epoch, self.pos, self.step = 0, 0, 0
+        self.sums = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        self.history, self.elapsed_before = [], 0.0
+        from zfscratch.data import BatchIterator
+        flip, crop = "flip" in cfg["augment"], "crop" in cfg["augment"]
+        self.it = BatchIterator(self.train, cfg["batch"], shuffle=True, seed=cfg["seed"],
+                                transform=lambda imgs, rng: self.prep.augment(imgs, rng, flip=flip, crop=crop))
+        if ck_meta is not None:
+            self.it.load_state_dict(ck_meta["iterator"])
+            params = {k[len("param/"):]: v for k, v in ck_arrays.items() if k.startswith("param/")}
+            try:
+                self.net.load_state_dict(params)
+                self.opt.load_state_dict({**ck_meta["optimizer"], "velocity": {
+                    k[len("velocity/"):]: v for k, v in ck_arrays.items() if k.startswith("velocity/")}})
+            except (ValueError, KeyError) as e:
+                raise UserError(f"checkpoint {self.files['checkpoint']} does not match its model: {e}") from None
+            self.sched.load_state_dict(ck_meta["schedule"])
+            self.net.set_rng_state(ck_meta["dropout_rng"])
+            self.epoch, self.pos, self.step = ck_meta["epoch"], ck_meta["pos"], ck_meta["step"]
+            self.sums = dict(ck_meta["sums"])
+            self.history = list(ck_meta["history"])
+            self.elapsed_before = float(ck_meta["elapsed_s"])
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _train_meta(self):
+        return {"model": self.cfg["model"], "epochs": self.epoch, "step": self.step, "batch": self.cfg["batch"],
+                "lr_initial": self.cfg["lr"], "lr_final": self.opt.lr, "seed": self.cfg["seed"],
+                "data": self.data_spec or _describe(self.train_ds), "backend": self.be.name,
+                "val_acc": self.history[-1]["val_acc"] if self.history else None}
+
+    def _weights_meta(self, epoch):
+        return {"classes": self.classes, "preprocessing": self.prep.to_meta(), "epoch": int(epoch),
+                "train": _jsonable(self._train_meta())}
+
+    def _extra(self):
+        return {} if self.prep.mean is None else {"mean": self.prep.mean}
+
+    def _check_finite_params(self, where):
+        xp = self.be.xp
+        for name, p in self.net.params():
+            if not bool(xp.isfinite(p).all()):
+                raise TrainingDiverged(
+                    f"parameter {name} became NaN/inf at step {self.step} (epoch {self.epoch + 1}, lr "
+                    f"{self.opt.lr:g}) before {where}; training stopped, the last good checkpoint "
+                    f"{self.files['checkpoint']} is kept (try a lower --lr)")
+
+    def save_checkpoint(self):
+        self._check_finite_params("writing the checkpoint")
+        arrays = {f"param/{k}": v for k, v in self.net.state_dict().items()}
+        opt_state = self.opt.state_dict()
+        arrays.update({f"velocity/{k}": v for k, v in opt_state.pop("velocity").items()})
+        if self.prep.mean is not None:
+            arrays["mean"] = self.prep.mean
+        meta = {"format": CHECKPOINT_FORMAT, "version": 1, "config": self.net.config,
+                "train": self._cfg_json(), "data_spec": self.data_spec,
+                "data": _jsonable(_describe(self.train_ds)), "classes": self.classes,
+                "preprocessing": self.prep.to_meta(), "epoch": self.epoch, "pos": self.pos, "step": self.step,
+                "optimizer": _jsonable(opt_state), "schedule": _jsonable(self.sched.state_dict()),
+                "dropout_rng": self.net.rng_state(), "iterator": self.it.state_dict(), "sums": _jsonable(self.sums),
+                "history": _jsonable(self.history), "elapsed_s": self._elapsed()}
+        zio.atomic_savez(self.files["checkpoint"], arrays, meta)
+
+    def _cfg_json(self):
+        c = dict(self.cfg)
+        if c.get("val_data") is not None and not isinstance(c["val_data"], str):
+            c["val_data"] = _describe(c["val_data"])
+        return _jsonable(c)
+
+    def _elapsed(self):
+        return self.elapsed_before + (time.perf_counter() - self.t0)
+
+    def _write_metrics(self):
+        buf = _io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for h in self.history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in h.items()})
+        zio.atomic_write_text(self.files["metrics_csv"], buf.getvalue())
+        best = max(self.history, key=lambda h: h["val_acc"]) if self.history else None
+        summary = {"config": self.net.config, "train": self._cfg_json(),
+                   "data": self.data_spec or _jsonable(_describe(self.train_ds)),
+                   "val_data": _jsonable(_describe(self.val_ds)), "n_train": len(self.train),
+                   "n_val": len(self.val), "classes": self.classes, "backend": self.be.name,
+                   "epochs_done": self.epoch, "steps": self.step,
+                   "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
+                   "best_val_acc": best["val_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
+                   "elapsed_s": self._elapsed(), "history": self.history}
+        zio.atomic_write_text(self.files["metrics_json"], json.dumps(_jsonable(summary), indent=1) + "\n")
+        plot_curve(self.history, self.files["curve"], title=f"{self.cfg['model']}")
+
+    def _emit(self, **event):
+        if self.progress_cb is not None:
+            self.progress_cb(event)
+
+    def save_snapshot(self, epoch):
+        self._check_finite_params("writing a snapshot")
+        zio.save_weights(snapshot_path(self.out_dir, epoch), self.net, meta=self._weights_meta(epoch),
+                         extra=self._extra())
+
+    # -- loop -------------------------------------------------------------------------------
+    def run(self):
+        cfg = self.cfg
+        self.t0 = time.perf_counter()
+        kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+        nan_at = int(os.environ.get(NAN_ENV, "0") or 0)
+        n, bsz = len(self.train), cfg["batch"]
+        nb = math.ceil(n / bsz)
+        eval_batch = cfg["eval_batch"] or max(bsz, 64)
+        if self.epoch == 0 and self.pos == 0 and 0 in cfg["snapshots"]:
+            self.save_snapshot(0)
+        total_steps = nb * cfg["epochs"]
+        if not self.quiet:
+            _log(f"training {cfg['model']} ({sum(p.size for _, p in self.net.params()):,} parameters) on "
+                 f"{n} images, validating on {len(self.val)}, {self.num_classes} classes, input "
+                 f"{self.prep.input_size}x{self.prep.input_size}, backend {self.be.name}, batch {bsz}, "
+                 f"lr {self.opt.lr:g}" + (f"; resuming at epoch {self.epoch + 1}, batch {self.pos}"
+                                          if self.resume else ""))
+        while self.epoch < cfg["epochs"]:
+            e = self.epoch + 1
+            bar = _tqdm(total=nb, initial=self.pos, desc=f"epoch {e}/{cfg['epochs']}", unit="batch",
+                        disable=self.quiet, leave=False)
+            t_ep = t_wall = time.perf_counter()
+            seen0 = self.sums["seen"]
+            if self.pos < nb and (self.it.epoch, self.it.position) != (self.epoch, min(self.pos * bsz, n)):
+                raise UserError(f"checkpoint {self.files['checkpoint']} is inconsistent: iterator at epoch "
+                                f"{self.it.epoch} position {self.it.position}, training at epoch {self.epoch} "
+                                f"batch {self.pos}")
+            for x, y in (self.it if self.pos < nb else ()):
+                i = self.pos
+                self.net.zero_grads()
+                logits = self.net.forward(self.be.to_device(x), train=True)
+                loss = float(self.loss_fn.forward(logits, y))
+                if nan_at and self.step + 1 == nan_at:
+                    loss = float("nan")
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {self.step + 1} (epoch {e}, batch {i + 1}/{nb}, lr "
+                        f"{self.opt.lr:g}); training stopped, the last good checkpoint "
+                        f"{self.files['checkpoint']} is kept (resume with --resume, or start again with a "
+                        f"lower --lr)")
+                self.net.backward(self.loss_fn.backward())
+                self.opt.step()
+                self.step += 1
+                self.pos = i + 1
+                pred = self.be.to_host(self.loss_fn.probs).argmax(axis=1)
+                self.sums["loss"] += loss * len(y)
+                self.sums["correct"] += int((pred == y).sum())
+                self.sums["seen"] += len(y)
+                bar.update(1)
+                if not self.quiet:
+                    dt = time.perf_counter() - t_wall
+                    rate = (self.sums["seen"] - seen0) / max(dt, 1e-9)
+                    left = (total_steps - self.step) * bsz / max(rate, 1e-9)
+                    bar.set_postfix_str(f"loss {self.sums['loss'] / self.sums['seen']:.3f} acc "
+                                        f"{self.sums['correct'] / self.sums['seen']:.1%} {rate:.0f} img/s lr "
+                                        f"{self.opt.lr:.3g} run ETA {_fmt_time(left)}", refresh=False)
+                self._emit(event="step", epoch=e, batch=i + 1, batches=nb, step=self.step, loss=loss,
+                           lr=self.opt.lr)
+                if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
+                    self.sums["time"] += time.perf_counter() - t_ep
+                    t_ep = time.perf_counter()
+                    self.save_checkpoint()
+                if kill_at and self.step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            bar.close()
+            self.sums["time"] += time.perf_counter() - t_ep
+            self._end_epoch(e, eval_batch)
+        return self._finish()
+
+    def _end_epoch(self, e, eval_batch):
+        self._check_finite_params("validation")
+        res = evaluate(self.net, self.val, self.prep, batch=eval_batch, classes=self.classes,
+                       quiet=self.quiet, desc=f"validate {e}")
+        if not math.isfinite(res["loss"]):
+            raise TrainingDiverged(f"validation loss became {res['loss']} after epoch {e} (lr {self.opt.lr:g}); "
+                                   f"the last good checkpoint {self.files['checkpoint']} is kept")
+        lr_used = self.opt.lr
+        annealed = self.sched.step(res["accuracy"])
+        s = self.sums
+        row = {"epoch": e, "step": self.step, "lr": lr_used, "train_loss": s["loss"] / max(s["seen"], 1),
+               "train_acc": s["correct"] / max(s["seen"], 1), "val_loss": res["loss"], "val_acc": res["accuracy"],
+               "val_top5_acc": res["top5_accuracy"], "epoch_time_s": s["time"], "elapsed_s": self._elapsed(),
+               "images_per_s": s["seen"] / max(s["time"], 1e-9), "lr_annealed": int(annealed)}
+        self.history.append(row)
+        self.epoch, self.pos = e, 0
+        self.sums = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        if e in self.cfg["snapshots"]:
+            self.save_snapshot(e)
+        self.save_checkpoint()
+        self._write_metrics()
+        if not self.quiet:
+            _log(f"epoch {e}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | val loss "
+                 f"{row['val_loss']:.4f} acc {row['val_acc']:.2%} | lr {lr_used:g}"
+                 f"{' -> ' + format(self.opt.lr, 'g') if annealed else ''} | {row['images_per_s']:.0f} img/s, "
+                 f"{_fmt_time(row['elapsed_s'])} elapsed")
+        self._emit(event="epoch", **row)
+
+    def _finish(self):
+        self._check_finite_params("writing the final weights")
+        meta = self._weights_meta(self.epoch)
+        zio.save_weights(self.files["weights"], self.net, meta=meta, extra=self._extra())
+        self._write_metrics()
+        last = self.history[-1] if self.history else {}
+        result = {"out_dir": self.out_dir, **self.files,
+                  "snapshot_files": [snapshot_path(self.out_dir, e) for e in self.cfg["snapshots"]
+                                     if os.path.exists(snapshot_path(self.out_dir, e))],
+                  "epochs": self.epoch, "steps": self.step, "val_acc": last.get("val_acc"),
+                  "val_loss": last.get("val_loss"), "train_acc": last.get("train_acc"),
+                  "best_val_acc": max((h["val_acc"] for h in self.history), default=None),
+                  "elapsed_s": self._elapsed(), "history": self.history, "classes": self.classes,
+                  "config": self.net.config, "backend": self.be.name, "preprocessing": self.prep.to_meta()}
+        if not self.quiet:
+            _log(f"done: {self.epoch} epochs, validation accuracy {result['val_acc']:.2%}, weights in "
+                 f"{self.files['weights']}")
+        self._emit(event="done", **{k: v for k, v in result.items() if k != "history"})
+        return result
+
+
+def _fmt_time(s):
+    s = int(max(s, 0))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _log(msg):
+    try:
+        from tqdm import tqdm
+        tqdm.write(msg, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        print(msg, file=sys.stderr)
+
+
+def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, backend=None, snapshots=None,
+                seed=None, quiet=False, progress=None, resume=False, overwrite=False, **options):
+    """Train a network and write a run directory (see the module docstring).
+
+    Parameters
+    ----------
+    data : spec string (``"synthetic"``, ``"synthetic:background=colored"``, ``"idx:PATH"``,
+        ``"cifar:PATH"``, ``"folder:PATH"``), a dataset object (``get_batch``, ``labels``, ``classes``),
+        or a ``(train, val)`` pair of either; None with ``resume=True`` reuses the checkpoint's spec.
+    out_dir : run directory (created; must not hold a run unless ``resume`` or ``overwrite``).
+    model : "zfnet_small" (default), "zfnet", "alexnet_like".
+    epochs, batch, lr, seed : see :data:`DEFAULTS` (10, 64, 0.02, 0).
+    backend : "numpy" | "numba" | "cupy" | "auto" | None ($ZFSCRATCH_BACKEND or auto).
+    snapshots : epochs whose weights are kept in ``snapshots/`` (e.g. ``(1, 2, 5, 10)``; 0 = the
+        initial weights).
+    quiet : no progress bars or log lines.
+    progress : callable(event dict) called after every step (``event="step"``), epoch
+        (``"epoch"``, the metrics row) and at the end (``"done"``).
+    resume : continue from ``out_dir/checkpoint.npz`` (options default to the checkpoint's; only
+        epochs, snapshots, checkpoint_every and eval_batch may change).
+    overwrite : replace a run already in ``out_dir``.
+    **options : any other key of :data:`DEFAULTS`: model_config (architecture overrides, e.g.
+        ``{"conv1": [5, 1, 2]}``), input_size, resize, pad, momentum, weight_decay, renorm_rms,
+        lr_factor, lr_patience, min_lr, lr_threshold, val_split, val_data, checkpoint_every, augment
+        ("flip,crop", "flip", "none"), scale, mean ("pixel", "channel", "none"), eval_batch.
+
+    Returns
+    -------
+    dict: out_dir, weights, checkpoint, metrics_csv, metrics_json, curve, snapshots (folder),
+    snapshot_files, epochs, steps, val_acc, val_loss, train_acc, best_val_acc, elapsed_s, history (rows
+    of metrics.csv), classes, config, backend, preprocessing.
+
+    Raises
+    ------
+    UserError
+        bad options or data (nothing is written); :class:`TrainingDiverged` when the loss becomes
+        NaN/inf (the last good checkpoint stays).
+    """
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"train_model() got unknown options: {', '.join(unknown)}")
+    cfg = dict(options, model=model, epochs=epochs, batch=batch, lr=lr, snapshots=snapshots, seed=seed)
+    trainer = Trainer(data, out_dir, cfg, backend=backend, resume=resume, overwrite=overwrite, quiet=quiet,
+                      progress=progress)
+    return trainer.run()
