@@ -432,14 +432,15 @@ def _jsonable(o):
 def _parse_snapshots(s):
     if s is None:
         return ()
+    orig = s if isinstance(s, str) else ",".join(map(str, s))
     if isinstance(s, str):
         s = [p for p in s.replace(" ", "").split(",") if p]
     try:
         out = sorted({int(v) for v in s})
     except (TypeError, ValueError):
-        raise UserError(f"--snapshots {s!r}: expected comma-separated epoch numbers such as 1,2,5,10") from None
+        raise UserError(f"--snapshots {orig}: expected comma-separated epoch numbers such as 1,2,5,10") from None
     if any(v < 0 for v in out):
-        raise UserError(f"--snapshots {s!r}: epochs must be >= 0")
+        raise UserError(f"--snapshots {orig}: epochs must be >= 0")
     return tuple(out)
 
 

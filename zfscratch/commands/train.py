@@ -8,23 +8,23 @@ DATA_HELP = ("dataset: synthetic[:key=value,...] (default data, e.g. synthetic:b
              "(PATH/<class>/*.png|jpg)")
 
 
-def _triple(s):
+def _triple(s, opt):
     from zfscratch.errors import UserError
     try:
         v = [int(p) for p in s.replace("x", ",").split(",")]
     except ValueError:
         v = []
     if len(v) != 3:
-        raise UserError(f"expected K,STRIDE,PAD (three integers), got {s!r}")
+        raise UserError(f"{opt} {s!r}: expected K,STRIDE,PAD (three integers, e.g. 5,1,2)")
     return v
 
 
-def _ints(s):
+def _ints(s, opt):
     from zfscratch.errors import UserError
     try:
         return [int(p) for p in s.split(",") if p]
     except ValueError:
-        raise UserError(f"expected comma-separated integers, got {s!r}") from None
+        raise UserError(f"{opt} {s!r}: expected comma-separated integers") from None
 
 
 def register(sub):
@@ -101,11 +101,11 @@ def cmd_train(args):
     from zfscratch.train import train_model
     mc = {}
     if args.conv1:
-        mc["conv1"] = _triple(args.conv1)
+        mc["conv1"] = _triple(args.conv1, "--conv1")
     if args.conv2:
-        mc["conv2"] = _triple(args.conv2)
+        mc["conv2"] = _triple(args.conv2, "--conv2")
     if args.widths:
-        mc["widths"] = _ints(args.widths)
+        mc["widths"] = _ints(args.widths, "--widths")
         if len(mc["widths"]) != 5:
             from zfscratch.errors import UserError
             raise UserError(f"--widths {args.widths}: expected five integers")
