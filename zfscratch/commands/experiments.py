@@ -42,19 +42,12 @@ def _load(weights, backend):
 
 
 def _open_data(spec, meta, split):
-    """The dataset ``spec`` (split ``split`` when it has one), else the weights' training data."""
-    from zfscratch.data import open_dataset
-    from zfscratch.errors import UserError
+    """The dataset ``spec`` (its ``split``; ``val`` falls back to ``test``), else the data the weights
+    were trained on (``meta["train"]["data"]``)."""
+    from zfscratch.experiments.evolution import dataset_from_meta, open_split
     if spec is None:
-        spec = ((meta or {}).get("train") or {}).get("data")
-        if not isinstance(spec, str) or not spec:
-            raise UserError("the weights do not record their training data as a spec string; pass --data")
-    try:
-        return open_dataset(spec, split=split)
-    except UserError:
-        if split in (None, "train"):
-            raise
-        return open_dataset(spec)
+        return dataset_from_meta(meta, split=split)
+    return open_split(spec, split)
 
 
 def _out_dir(args, weights, default):
@@ -115,7 +108,8 @@ def register(sub):
     p.add_argument("--eval-images", type=int, default=40,
                    help="images for accuracy / mean P(true) per transformation value (default 40)")
     p.add_argument("--translation", default=None, metavar="LO:HI:STEP",
-                   help="vertical shifts as fractions of the image side (default -0.3:0.3:0.05)")
+                   help="vertical shifts as fractions of the image side (default -0.3:0.3:0.05; write "
+                   "--translation=-0.2:0.2:0.1 when the list starts with a minus sign)")
     p.add_argument("--scale", default=None, metavar="LO:HI:STEP", help="scale factors (default 0.6:1.4:0.1)")
     p.add_argument("--rotation", default=None, metavar="LO:HI:STEP",
                    help="angles in degrees (default 0:360:10)")
