@@ -28,8 +28,10 @@ writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN 
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 # Numba's parallel loops run on GNU OpenMP here; by default its idle threads spin after every parallel
 # region, taking the cores from BLAS's threads (2 cores) and, on a busy machine, from the thread that
@@ -37,6 +39,7 @@ import threading
 # before the OpenMP runtime loads (numba loads it at the first parallel call); a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
@@ -85,6 +88,87 @@ def _float_dtype(*arrays):
     if dt.kind != "f":
         dt = np.dtype(np.float64)
     return dt
+
+
+# ============================================================================= GEMM
+# OpenBLAS's own threads busy-wait (sched_yield loops) for their next job. On 2 cores, and even more
+# on a machine shared with other jobs, they then fight the threads that have work: measured under
+# load, a 2-thread OpenBLAS sgemm ran 1.2-4x slower than two single-threaded sgemms on the two halves
+# of the product in two threads. So the convolutions split each GEMM by columns over Numba's thread
+# count themselves (NUMBA_NUM_THREADS / numba.set_num_threads), every part running single-threaded
+# BLAS; nothing spins while another kernel runs. Elsewhere NumPy's BLAS keeps its own setting.
+class _OpenBLAS:
+    """``get``/``set`` of the thread count of NumPy's OpenBLAS, found among the loaded libraries."""
+
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                                   ("openblas", "")):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype = ctypes.c_int
+                    self.get, self.set = get, put
+                    return
+
+
+_BLAS = _OpenBLAS()
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = [0, None]  # [kernels inside a split GEMM, thread count to restore]
+_GEMM_POOL = [None, 0]  # [ThreadPoolExecutor, its size]
+#: products smaller than this (multiply-adds) are not split
+_SPLIT_MIN_MACS = 1 << 22
+
+
+def _blas_single(enter):
+    """Make NumPy's BLAS single-threaded while any split GEMM runs (nesting-safe), then restore it."""
+    with _BLAS_LOCK:
+        if enter:
+            if _BLAS_USERS[0] == 0:
+                _BLAS_USERS[1] = _BLAS.get()
+                _BLAS.set(ctypes.c_int(1))
+            _BLAS_USERS[0] += 1
+        else:
+            _BLAS_USERS[0] -= 1
+            if _BLAS_USERS[0] == 0:
+                _BLAS.set(ctypes.c_int(_BLAS_USERS[1]))
+
+
+def _matmul(a, b, out):
+    """``out[...] = a @ b`` for 2-D arrays, the columns of ``b``/``out`` split over the threads.
+
+    a : (M, K), b : (K, N) (any BLAS-compatible strides, e.g. a transposed view), out : (M, N).
+    """
+    nt = numba.get_num_threads()
+    m, k = a.shape
+    n = out.shape[1]
+    if nt < 2 or _BLAS.set is None or n < 2 * nt or m * k * n < _SPLIT_MIN_MACS:
+        np.matmul(a, b, out=out)
+        return
+    if _GEMM_POOL[1] != nt - 1:
+        if _GEMM_POOL[0] is not None:
+            _GEMM_POOL[0].shutdown(wait=True)
+        _GEMM_POOL[0], _GEMM_POOL[1] = ThreadPoolExecutor(nt - 1, thread_name_prefix="zfscratch-gemm"), nt - 1
+    edges = [n * i // nt for i in range(nt + 1)]
+    _blas_single(True)
+    try:
+        futs = [_GEMM_POOL[0].submit(np.matmul, a, b[:, edges[i]:edges[i + 1]], out=out[:, edges[i]:edges[i + 1]])
+                for i in range(1, nt)]
+        np.matmul(a, b[:, :edges[1]], out=out[:, :edges[1]])
+        for f in futs:
+            f.result()
+    finally:
+        _blas_single(False)
 
 
 # ============================================================================= runs of memory
@@ -345,10 +429,10 @@ def conv2d_forward(x, w, b, stride, pad):
     for n0, gn in geo.chunks():
         cols = geo.columns(x, n0, gn, rows, dt)
         if gn == 1:
-            np.matmul(wm, cols, out=y3[n0])
+            _matmul(wm, cols, y3[n0])
         else:
             yc = _workspace("conv_gemm", (f, gn * hw), dt)
-            np.matmul(wm, cols, out=yc)
+            _matmul(wm, cols, yc)
             _scatter_images(yc, n0, y3)
     return y
 
@@ -393,11 +477,11 @@ def conv2d_backward(dy, x, w, stride, pad, need_dx=True):
     for n0, gn in geo.chunks():
         cols = geo.columns(x, n0, gn, k + 1, dt)
         dyc = _dy_chunk(dy3, n0, gn, dt)
-        np.matmul(dyc, cols.T, out=part)
+        _matmul(dyc, cols.T, part)
         dwb += part
         if need_dx:
             dcols = _workspace("conv_cols", (k, gn * hw), dt)  # reuses the cols buffer
-            np.matmul(wm.T, dyc, out=dcols)
+            _matmul(wm.T, dyc, dcols)
             geo.add_columns_to_image(dcols, n0, gn, dx, dt)
     dw = np.ascontiguousarray(dwb[:, :k]).reshape(f, geo.c, geo.kh, geo.kw)
     db = np.ascontiguousarray(dwb[:, k])
@@ -434,7 +518,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, pad):
     for n0, gn in geo.chunks():
         dyc = _dy_chunk(dy3, n0, gn, dt)
         dcols = _workspace("conv_cols", (k, gn * hw), dt)
-        np.matmul(wm.T, dyc, out=dcols)
+        _matmul(wm.T, dyc, dcols)
         geo.add_columns_to_image(dcols, n0, gn, dx, dt)
     return dx
 
