@@ -155,20 +155,35 @@ def _matmul(a, b, out):
     if nt < 2 or _BLAS.set is None or n < 2 * nt or m * k * n < _SPLIT_MIN_MACS:
         np.matmul(a, b, out=out)
         return
-    if _GEMM_POOL[1] != nt - 1:
-        if _GEMM_POOL[0] is not None:
-            _GEMM_POOL[0].shutdown(wait=True)
-        _GEMM_POOL[0], _GEMM_POOL[1] = ThreadPoolExecutor(nt - 1, thread_name_prefix="zfscratch-gemm"), nt - 1
+    with _BLAS_LOCK:
+        if _GEMM_POOL[1] < nt - 1:  # grows only: a pool another thread is using is never shut down
+            _GEMM_POOL[0] = ThreadPoolExecutor(nt - 1, thread_name_prefix="zfscratch-gemm")
+            _GEMM_POOL[1] = nt - 1
+        pool = _GEMM_POOL[0]
     edges = [n * i // nt for i in range(nt + 1)]
     _blas_single(True)
     try:
-        futs = [_GEMM_POOL[0].submit(np.matmul, a, b[:, edges[i]:edges[i + 1]], out=out[:, edges[i]:edges[i + 1]])
+        futs = [pool.submit(np.matmul, a, b[:, edges[i]:edges[i + 1]], out=out[:, edges[i]:edges[i + 1]])
                 for i in range(1, nt)]
         np.matmul(a, b[:, :edges[1]], out=out[:, :edges[1]])
         for f in futs:
             f.result()
     finally:
         _blas_single(False)
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D float arrays through the split GEMM above (not part of the kernel contract).
+
+    a : (M, K), b : (K, N) -> (M, N), a new array. For layers that want the same threading as the
+    convolutions (e.g. fully connected layers).
+    """
+    dt = _float_dtype(a, b)
+    a = np.asarray(a, dtype=dt)
+    b = np.asarray(b, dtype=dt)
+    out = np.empty((a.shape[0], b.shape[1]), dt)
+    _matmul(a, b, out)
+    return out
 
 
 # ============================================================================= runs of memory

@@ -250,3 +250,18 @@ def test_softmax_xent(n, kk, dtype):
 def test_softmax_xent_bad_labels():
     with pytest.raises(IndexError):
         cpu.softmax_xent(np.zeros((2, 3), np.float32), np.array([0, 3]))
+
+
+# ----------------------------------------------------------------------------- split GEMM
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_split_and_blas_threads_restored(dtype):
+    rng = np.random.default_rng(8)
+    a = _rand(rng, (67, 301), dtype)
+    b = _rand(rng, (301, 403), dtype)
+    before = cpu._BLAS.get() if cpu._BLAS.get is not None else None
+    got = cpu.matmul(a, b)
+    assert_close(got, a.astype(np.float64) @ b, dtype)
+    assert_close(cpu.matmul(a, np.ascontiguousarray(b.T).T), a.astype(np.float64) @ b, dtype)  # transposed view
+    assert_close(cpu.matmul(a[:, :3], b[:3]), a[:, :3].astype(np.float64) @ b[:3], dtype)  # too small to split
+    if before is not None:
+        assert cpu._BLAS.get() == before
