@@ -78,6 +78,8 @@ def test_synthetic_class_subset_and_parts():
     ds = SyntheticDataset(20, classes=["face", "house"], seed=2)
     assert ds.classes == ["face", "house"] and ds.num_classes == 2
     assert set(np.unique(ds.labels)) == {0, 1}
+    faces = ds.indices_of("face")
+    assert len(faces) == 10 and all(ds[int(i)].class_name == "face" for i in faces[:3])
     assert {"left_eye", "right_eye", "nose", "mouth"} <= set(ds.parts("face"))
     assert {"roof", "door", "window"} <= set(ds.parts(1))
     with pytest.raises(UserError, match="car"):

@@ -887,6 +887,10 @@ class SyntheticDataset:
             self._labels = lab
         return self._labels
 
+    def indices_of(self, cls):
+        """Indices of the samples of one class (name or label), ascending."""
+        return np.nonzero(self.labels == self._local_label(cls))[0]
+
     def describe(self):
         """A dict that reopens this dataset with :func:`zfscratch.data.open_dataset` options."""
         return {"kind": "synthetic", "n": self.n, "size": self.size, "seed": self.seed,
