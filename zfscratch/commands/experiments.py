@@ -173,6 +173,10 @@ def register(sub):
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: train's default)")
     p.add_argument("--input-size", type=int, default=None, help="input side (default: the architecture's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=None, help="dropout of fc6/fc7 (default: train's, 0.5)")
+    p.add_argument("--augment", default=None, help="training augmentation: flip,crop or none (default: train's)")
+    p.add_argument("--lr-patience", type=int, default=None,
+                   help="epochs without improvement before the lr is annealed (default: train's)")
     p.add_argument("--dead-threshold", type=float, default=0.05,
                    help="dead filter: RMS below this fraction of the layer's largest filter RMS (default 0.05)")
     p.add_argument("--overwrite", action="store_true", help="replace runs already in DIR/<arch>/")
@@ -290,9 +294,16 @@ def cmd_architecture(args):
         archs = tuple(a for a in args.archs.split(",") if a)
         spec = args.data or "synthetic"
         data = spec if args.val_data is None else (spec, args.val_data)
+        opts = {}
+        if args.dropout is not None:
+            opts["model_config"] = {"dropout": args.dropout}
+        if args.augment is not None:
+            opts["augment"] = args.augment
+        if args.lr_patience is not None:
+            opts["lr_patience"] = args.lr_patience
         res = A.architecture(data, out, archs=archs, epochs=args.epochs, batch=args.batch, lr=args.lr,
                              backend=args.backend, seed=args.seed, input_size=args.input_size,
                              dead_threshold=args.dead_threshold, progress=not args.quiet,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, train_options=opts)
     print(res["table_markdown"])
     return _done(res)

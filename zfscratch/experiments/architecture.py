@@ -243,6 +243,6 @@ def architecture(data, out_dir, archs=ARCHS, epochs=2, batch=64, lr=None, backen
     out = compare(models, val, out_dir, dead_threshold, fft_size, probe_images, batch, progress, name)
     out["runs"] = runs
     out["budget"] = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "n_train": len(train),
-                     "n_val": len(val), **{k: v for k, v in opts.items() if isinstance(v, (int, float, str))}}
+                     "n_val": len(val), "train_options": opts}
     S.write_json(out["json"], out)
     return out
