@@ -104,6 +104,41 @@ def test_conv_batch_folding(monkeypatch, target):
                  ref.conv2d_backward_data(dy, wt, x.shape, 2, 1), np.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0, 1, 2])
+@pytest.mark.parametrize("n,h,w,tiles", [(1, 13, 13, 1024), (3, 8, 11, 1024), (5, 7, 6, 20)])
+def test_conv_winograd(monkeypatch, p, n, h, w, tiles, dtype):
+    """3x3 stride-1 layers take the Winograd F(2x2, 3x3) path; odd sizes, ragged chunks of images."""
+    monkeypatch.setattr(cpu, "_WINOGRAD_MIN_CHANNELS", 4)
+    monkeypatch.setattr(cpu, "_WINO_TARGET_TILES", tiles)
+    rng = np.random.default_rng(n * 10 + p)
+    x = _rand(rng, (n, 5, h, w), dtype)
+    wt = _rand(rng, (6, 5, 3, 3), dtype)
+    b = _rand(rng, (6,), dtype)
+    assert cpu._use_winograd(cpu._ConvGeom(x.shape, wt.shape, 1, p))
+    y = cpu.conv2d_forward(x, wt, b, 1, p)
+    assert_close(y, ref.conv2d_forward(x, wt, b, 1, p), dtype)
+    assert_close(cpu.conv2d_forward(x, wt, None, 1, p), ref.conv2d_forward(x, wt, None, 1, p), dtype)
+    dy = _rand(rng, y.shape, dtype)
+    for got, want in zip(cpu.conv2d_backward(dy, x, wt, 1, p), ref.conv2d_backward(dy, x, wt, 1, p)):
+        assert_close(got, want, dtype)
+    none, dw, db = cpu.conv2d_backward(dy, x, wt, 1, p, need_dx=False)
+    assert none is None
+    assert_close(dw, ref.conv2d_backward(dy, x, wt, 1, p)[1], dtype)
+    assert_close(cpu.conv2d_backward_data(dy, wt, x.shape, 1, p), ref.conv2d_backward_data(dy, wt, x.shape, 1, p),
+                 dtype)
+
+
+def test_conv_winograd_default_dispatch():
+    """With the default threshold, a 32-channel 3x3 stride-1 layer (as in zfnet_small) uses Winograd."""
+    rng = np.random.default_rng(11)
+    x = _rand(rng, (2, 32, 8, 8), np.float32)
+    wt = _rand(rng, (32, 32, 3, 3), np.float32)
+    assert cpu._use_winograd(cpu._ConvGeom(x.shape, wt.shape, 1, 1))
+    assert not cpu._use_winograd(cpu._ConvGeom(x.shape, wt.shape, 2, 1))
+    assert_close(cpu.conv2d_forward(x, wt, None, 1, 1), ref.conv2d_forward(x, wt, None, 1, 1), np.float32)
+
+
 def test_conv_zfnet_conv1_geometry():
     """conv1 of ZFNet (7x7 s2 p1) on a 224-wide input, whose last padded row no window reaches."""
     rng = np.random.default_rng(7)
