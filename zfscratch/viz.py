@@ -163,8 +163,13 @@ def mosaic_figure(mosaic, path, title=None, caption_text=None, scale=1.0, dpi=10
     return save_png(fig, path)
 
 
-def plot_filters(w, path, title="Layer-1 filters", scope="filter", ncols=None, zoom=4):
-    """Save the first-layer filter grid (see :func:`filter_grid`) as a PNG; returns the path."""
+def plot_filters(w, path, title="Layer-1 filters", scope="filter", ncols=None, zoom=None):
+    """Save the first-layer filter grid (see :func:`filter_grid`) as a PNG; returns the path.
+
+    Tiles are upscaled (nearest) to about 48 pixels; ``ncols`` defaults to ``ceil(sqrt(2F))``."""
+    w = np.asarray(w)
+    ncols = ncols or int(np.ceil(np.sqrt(2 * w.shape[0])))
+    zoom = zoom or max(2, int(np.ceil(48 / w.shape[-1])))
     grid = filter_grid(w, ncols=ncols, pad=1, scope=scope)
     grid = upscale(grid, zoom)
     norm = ("each filter normalized on its own" if scope == "filter" else "one scale for all filters")
