@@ -1,0 +1,281 @@
+"""`zfscratch run`: every section of the report is produced, offline, and finished stages are reused.
+
+The full pipeline runs once per module on a *tiny* budget (the ``quick`` profile shrunk further by
+monkeypatching :data:`zfscratch.pipeline.PROFILES`), so every stage really runs in well under a
+minute of CPU; the real ``--quick`` command is exercised by the ``slow`` test at the end.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zfscratch import pipeline
+from zfscratch.cli import main
+
+TINY = dict(
+    size=48, n_train=80, n_val=40, n_test=60, epochs=1, batch=32, lr=0.02, snapshots=(0, 1),
+    topk_images=32, topk_maps=2, evolution_images=16, evolution_maps=1,
+    reconstruct_images=1, reconstruct_eval=16, occlusion_images=1, occlusion_stride=8,
+    invariance_images=1, invariance_eval=2, correspondence_images=2, correspondence_groups=1,
+    layerwise_train=40, layerwise_test=30, layerwise_epochs=1, arch_probe=8,
+)
+STAGES = [s.name for s in pipeline.build_stages("quick")]
+
+
+def _tiny(monkeypatch):
+    monkeypatch.setitem(pipeline.PROFILES, "quick", dict(TINY))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    _tiny(mp)
+    out = tmp_path_factory.mktemp("run") / "report"
+    lines = []
+    try:
+        res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lines.append)
+    finally:
+        mp.undo()
+    return out, res, lines
+
+
+def _html(out):
+    return (out / "index.html").read_text(encoding="utf-8")
+
+
+def _sections(html):
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', html, flags=re.S))
+
+
+def _forbid_stage_calls(monkeypatch, allowed=()):
+    """Make every stage function (except ``allowed``) fail if it is called; returns the call log."""
+    calls = []
+    real = pipeline.build_stages
+
+    def build(profile="default"):
+        stages = real(profile)
+        for st in stages:
+            if st.name in allowed:
+                f = st.func
+
+                def wrapped(ctx, cfg, _f=f, _n=st.name):
+                    calls.append(_n)
+                    return _f(ctx, cfg)
+                st.func = wrapped
+            else:
+                def boom(ctx, cfg, _n=st.name):
+                    calls.append(_n)
+                    raise AssertionError(f"stage {_n} was run again although it had finished")
+                st.func = boom
+        return stages
+    monkeypatch.setattr(pipeline, "build_stages", build)
+    return calls
+
+
+def _copy(out, tmp_path):
+    dst = tmp_path / "report"
+    shutil.copytree(out, dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------- the report
+def test_every_stage_finished(tiny_run):
+    out, res, lines = tiny_run
+    assert res["failed"] == []
+    st = res["stages"]
+    assert set(STAGES) <= set(st)
+    for name in STAGES:
+        assert st[name]["status"] == "done", (name, st[name].get("error"))
+        assert st[name]["seconds"] >= 0 and st[name]["hash"] and st[name]["token"]
+    assert any("done in" in line for line in lines)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stages"]["train"]["result"]["weights"] == "train/weights.npz"
+
+
+def test_every_section_is_real(tiny_run):
+    out, _, _ = tiny_run
+    html = _html(out)
+    secs = _sections(html)
+    for name in STAGES:
+        assert name in secs, f"no section for stage {name}"
+        body = secs[name]
+        assert '<p class="what">' in body
+        assert "<img " in body, f"section {name} has no figure"
+        assert "<table" in body, f"section {name} has no numbers"
+        assert "To redo this section alone" in body, f"section {name} lacks its command"
+        assert 'class="error"' not in body and "not been run" not in body
+    # paper figures/tables named, backend and timings shown
+    for ref in ("Fig 2", "Fig 4", "Fig 5", "Fig 6", "Fig 7", "Table 1", "Table 7"):
+        assert ref in html
+    assert "Backend and timings" in html and "numpy" in html
+
+
+def test_every_src_exists(tiny_run):
+    out, _, _ = tiny_run
+    html = _html(out)
+    refs = re.findall(r'(?:src|href)="([^"]*)"', html)
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) >= len(STAGES)
+    for r in refs:
+        if r.startswith("#"):
+            continue
+        assert not os.path.isabs(r) and ".." not in r.split("/"), r
+        assert (out / r).is_file(), f"{r} is referenced by index.html but missing"
+    for s in srcs:
+        with open(out / s, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_is_offline(tiny_run):
+    out, _, _ = tiny_run
+    html = _html(out)
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert not attr.startswith(("http://", "https://", "//", "data:", "javascript:")), attr
+    low = html.lower()
+    assert "http://" not in low and "https://" not in low
+    assert "<script" not in low and "<link" not in low and "@import" not in low and "url(" not in low
+    assert "<style>" in low  # inline CSS
+
+
+# ----------------------------------------------------------------------------- reuse
+def test_rerun_reuses_every_stage(tiny_run, tmp_path, monkeypatch):
+    out = _copy(tiny_run[0], tmp_path)
+    before = json.loads((out / "manifest.json").read_text())
+    _tiny(monkeypatch)
+    calls = _forbid_stage_calls(monkeypatch)
+    lines = []
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lines.append)
+    assert calls == []
+    assert res["failed"] == []
+    assert all(res["last_run"][n] == "reused" for n in STAGES)
+    assert sum("reused" in line for line in lines) == len(STAGES)
+    for n in STAGES:  # nothing recomputed: same tokens and finish times
+        assert res["stages"][n]["token"] == before["stages"][n]["token"]
+        assert res["stages"][n]["finished"] == before["stages"][n]["finished"]
+    assert "reused" in _html(out)
+
+
+def test_missing_output_recomputes_that_stage_only(tiny_run, tmp_path, monkeypatch):
+    out = _copy(tiny_run[0], tmp_path)
+    before = json.loads((out / "manifest.json").read_text())
+    os.unlink(out / before["stages"]["filters"]["result"]["figure"])
+    _tiny(monkeypatch)
+    calls = _forbid_stage_calls(monkeypatch, allowed=("filters",))
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None)
+    assert calls == ["filters"]
+    assert res["last_run"]["filters"] == "computed"
+    assert (out / res["stages"]["filters"]["result"]["figure"]).is_file()
+
+
+def test_recomputed_input_invalidates_dependents(tiny_run, tmp_path, monkeypatch):
+    """A changed stage configuration reruns the stage and everything that reads it."""
+    out = _copy(tiny_run[0], tmp_path)
+    tiny = dict(TINY, topk_maps=3)
+    monkeypatch.setitem(pipeline.PROFILES, "quick", tiny)
+    calls = _forbid_stage_calls(monkeypatch, allowed=("topk",))
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None)
+    assert calls == ["topk"]
+    assert res["failed"] == []
+    # the stage hash covers the tokens of the inputs: a new train token changes every dependent's hash
+    st = {s.name: s for s in pipeline.build_stages("quick")}
+    tokens = {n: e["token"] for n, e in res["stages"].items()}
+    h_eval = pipeline.stage_hash(st["evaluate"], res["spec"], tokens)
+    assert h_eval == res["stages"]["evaluate"]["hash"]
+    assert pipeline.stage_hash(st["evaluate"], res["spec"], dict(tokens, train="other")) != h_eval
+
+
+def test_failed_stage_is_reported_and_retried(tiny_run, tmp_path, monkeypatch):
+    out = _copy(tiny_run[0], tmp_path)
+    _tiny(monkeypatch)
+    real = pipeline.build_stages
+
+    def build(profile="default"):
+        stages = real(profile)
+        for st in stages:
+            if st.name == "occlusion":
+                st.func = lambda ctx, cfg: (_ for _ in ()).throw(RuntimeError("simulated failure"))
+        return stages
+    monkeypatch.setattr(pipeline, "build_stages", build)
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None,
+                                force=False, stages=None)
+    # nothing was stale, so the broken stage was not even called: force it
+    assert res["failed"] == []
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None,
+                                stages=["occlusion"], force=True)
+    assert res["failed"] == ["occlusion"]
+    assert res["stages"]["occlusion"]["status"] == "failed"
+    assert "simulated failure" in res["stages"]["occlusion"]["error"]
+    secs = _sections(_html(out))
+    assert 'class="error"' in secs["occlusion"] and "simulated failure" in secs["occlusion"]
+    assert "<img " in secs["topk"]  # the other sections are still there
+
+
+# ----------------------------------------------------------------------------- other data, the CLI
+def _folder(root, rng):
+    from PIL import Image
+    from zfscratch.data.synthetic import SyntheticDataset
+    ds = SyntheticDataset(n=36, size=40, seed=3, classes=["face", "house", "star"])
+    imgs, labels = ds.get_batch(np.arange(36))
+    for split in ("train", "test"):
+        for i, (img, lab) in enumerate(zip(imgs, labels)):
+            if (split == "test") != (i % 4 == 0):
+                continue
+            d = root / split / ds.classes[lab]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"img{i:03d}.png")
+    return root
+
+
+def test_own_images_skip_synthetic_only_sections(tmp_path, monkeypatch):
+    _tiny(monkeypatch)
+    root = _folder(tmp_path / "images", np.random.default_rng(0))
+    out = tmp_path / "report"
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None,
+                                data=f"folder:{root}", stages=["evaluate", "correspondence", "filters"])
+    assert res["failed"] == []
+    assert res["spec"] == f"folder:{root},size=48"  # resized to the profile's input size
+    assert res["stages"]["correspondence"]["status"] == "skipped"
+    assert res["stages"]["evaluate"]["result"]["split"] == "test"
+    secs = _sections(_html(out))
+    assert "Skipped" in secs["correspondence"] and "synthetic" in secs["correspondence"]
+    assert "<img " in secs["evaluate"] and "<img " in secs["data"]
+    # stages not asked for are listed as not run, never as fake content
+    assert "not been run" in secs["occlusion"]
+
+
+def test_cli_bad_data_is_one_line_error(tmp_path, capsys):
+    rc = main(["run", "--quick", "--out", str(tmp_path / "r"), "--data", f"folder:{tmp_path}/missing"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("zfscratch: error:") and err.count("\n") == 1
+
+
+def test_cli_unknown_stage(tmp_path, capsys):
+    rc = main(["run", "--quick", "--out", str(tmp_path / "r"), "--stages", "nope"])
+    assert rc == 2 and "unknown stage" in capsys.readouterr().err
+
+
+def test_cli_help_lists_run_first(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "run" in text and text.index(" run ") < text.index(" train ")
+
+
+@pytest.mark.slow
+def test_cli_quick_run_and_rerun(tmp_path):
+    """The real `zfscratch run --quick` (about a minute on 2 idle cores), then a rerun that reuses all."""
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "zfscratch", "run", "--quick", "--out", str(out), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    html = _html(out)
+    secs = _sections(html)
+    assert all(n in secs and "<img " in secs[n] for n in STAGES)
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0
+    assert r2.stdout.count("reused") == len(STAGES)
