@@ -302,3 +302,13 @@ def test_evaluate_scores_and_confusion(tmp_path):
     assert 0 <= ev["top5_error"] <= ev["top1_error"] <= 1
     ev10 = evaluate(net, val, prep, ten_crop=True)
     assert ev10["n"] == 32 and ev10["ten_crop"]
+
+
+def test_cosine_schedule(tmp_path):
+    """Cosine decay is a function of the step alone; a resumed run may not switch schedules."""
+    from zfscratch.train import cosine_lr
+    a = _train(tmp_path / "a", epochs=2, lr_schedule="cosine")
+    # the lr of the last step of each epoch (6 steps per epoch, 12 in all)
+    assert [h["lr"] for h in a["history"]] == [cosine_lr(0.02, 5, 12), cosine_lr(0.02, 11, 12)]
+    with pytest.raises(UserError, match="lr_schedule"):
+        train_model(_tiny_data(), tmp_path / "a", epochs=3, lr_schedule="plateau", resume=True, quiet=True)

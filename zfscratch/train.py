@@ -66,16 +66,17 @@ DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
 DEFAULTS = dict(
     model="zfnet_small", model_config=None, input_size=None, resize=None, pad=0,
     epochs=10, batch=64, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
-    lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
+    lr_schedule="plateau", lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
     seed=0, val_split=0.1, val_data=None, snapshots=DEFAULT_SNAPSHOTS, checkpoint_every=0,
     augment=("flip", "crop"), scale=1.0 / 64, mean="pixel", eval_batch=None,
 )
 #: options that a resumed run may change; every other option must match the checkpoint
 RESUME_MAY_CHANGE = ("epochs", "snapshots", "checkpoint_every", "eval_batch")
 AUGMENTS = ("flip", "crop")
+LR_SCHEDULES = ("plateau", "cosine")
 
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5_acc",
-                 "epoch_time_s", "elapsed_s", "images_per_s", "lr_annealed")
+                 "epoch_time_s", "elapsed_s", "cpu_s", "images_per_s", "lr_annealed")
 
 KILL_ENV = "ZFSCRATCH_TEST_KILL_AT_STEP"
 NAN_ENV = "ZFSCRATCH_TEST_NAN_AT_STEP"
@@ -334,7 +335,7 @@ def plot_curve(history, path, title="training"):
     ep = [h["epoch"] for h in history]
     ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy loss"), ax1.set_yscale("log")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy loss")
     ax2.plot(ep, [100 * (1 - h["train_acc"]) for h in history], "o-", label="train (dropout, augmented)")
     ax2.plot(ep, [100 * (1 - h["val_acc"]) for h in history], "s-", label="validation top-1")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("error (%)")
@@ -342,13 +343,15 @@ def plot_curve(history, path, title="training"):
         if h.get("lr_annealed"):
             for ax in (ax1, ax2):
                 ax.axvline(h["epoch"], color="grey", lw=0.8, ls=":")
+    from matplotlib.ticker import MaxNLocator
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if history:
         last = history[-1]
         fig.suptitle(f"{title}: val acc {last['val_acc']:.2%} after {last['epoch']} epochs "
-                     f"({last['elapsed_s'] / 60:.1f} min)")
+                     f"({last['elapsed_s'] / 60:.1f} min wall; dotted lines: lr annealed)")
     _save_fig(fig, path)
 
 
@@ -480,6 +483,8 @@ def _check_options(cfg):
         raise UserError(f"--input-size {cfg['input_size']}: expected >= 8")
     if cfg["resize"] is not None and cfg["input_size"] is not None and cfg["resize"] < cfg["input_size"]:
         raise UserError(f"--resize {cfg['resize']} is smaller than --input-size {cfg['input_size']}")
+    if cfg["lr_schedule"] not in LR_SCHEDULES:
+        raise UserError(f"--lr-schedule {cfg['lr_schedule']!r}: expected one of {', '.join(LR_SCHEDULES)}")
     if cfg["mean"] not in ("pixel", "channel", "none"):
         raise UserError(f"--mean {cfg['mean']!r}: expected pixel, channel or none")
     from zfscratch.models import ARCHS
@@ -496,6 +501,7 @@ class Trainer:
 
     def __init__(self, data, out_dir, cfg, backend=None, resume=False, overwrite=False, quiet=False,
                  progress=None):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()  # data loading counts too
         self.out_dir = os.fspath(out_dir)
         self.files = run_files(self.out_dir)
         self.quiet, self.progress_cb = quiet, progress
@@ -573,8 +579,8 @@ class Trainer:
                 cfg[k] = v
                 continue
             sv = stored.get(k)
-            if k == "snapshots" or k == "augment":
-                continue
+            if k == "augment":
+                v, sv = list(_parse_augment(v)), list(sv or ())
             norm = (lambda x: list(x) if isinstance(x, (tuple, list)) else x)
             if norm(v) != norm(sv):
                 raise UserError(f"--resume: option {k}={v!r} differs from the checkpoint's {sv!r}; a resumed "
@@ -630,7 +636,7 @@ class Trainer:
                                      threshold=cfg["lr_threshold"], min_lr=cfg["min_lr"], mode="max")
         self.epoch, self.pos, self.step = 0, 0, 0
         self.sums = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-        self.history, self.elapsed_before = [], 0.0
+        self.history, self.elapsed_before, self.cpu_before = [], 0.0, 0.0
         from zfscratch.data import BatchIterator
         flip, crop = "flip" in cfg["augment"], "crop" in cfg["augment"]
         self.it = BatchIterator(self.train, cfg["batch"], shuffle=True, seed=cfg["seed"],
@@ -650,6 +656,7 @@ class Trainer:
             self.sums = dict(ck_meta["sums"])
             self.history = list(ck_meta["history"])
             self.elapsed_before = float(ck_meta["elapsed_s"])
+            self.cpu_before = float(ck_meta.get("cpu_s", 0.0))
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _train_meta(self):
@@ -687,7 +694,7 @@ class Trainer:
                 "preprocessing": self.prep.to_meta(), "epoch": self.epoch, "pos": self.pos, "step": self.step,
                 "optimizer": _jsonable(opt_state), "schedule": _jsonable(self.sched.state_dict()),
                 "dropout_rng": self.net.rng_state(), "iterator": self.it.state_dict(), "sums": _jsonable(self.sums),
-                "history": _jsonable(self.history), "elapsed_s": self._elapsed()}
+                "history": _jsonable(self.history), "elapsed_s": self._elapsed(), "cpu_s": self._cpu()}
         zio.atomic_savez(self.files["checkpoint"], arrays, meta)
 
     def _cfg_json(self):
@@ -698,6 +705,11 @@ class Trainer:
 
     def _elapsed(self):
         return self.elapsed_before + (time.perf_counter() - self.t0)
+
+    def _cpu(self):
+        """Process CPU seconds (all threads) since the run started, resumed sessions included: on a
+        shared machine, cpu_s / cores approximates the wall time on an idle one."""
+        return self.cpu_before + (time.process_time() - self.c0)
 
     def _write_metrics(self):
         buf = _io.StringIO()
@@ -730,7 +742,6 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
     def run(self):
         cfg = self.cfg
-        self.t0 = time.perf_counter()
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         nan_at = int(os.environ.get(NAN_ENV, "0") or 0)
         n, bsz = len(self.train), cfg["batch"]
@@ -757,6 +768,8 @@ class Trainer:
                                 f"batch {self.pos}")
             for x, y in (self.it if self.pos < nb else ()):
                 i = self.pos
+                if cfg["lr_schedule"] == "cosine":
+                    self.opt.lr = cosine_lr(cfg["lr"], self.step, total_steps)
                 self.net.zero_grads()
                 logits = self.net.forward(self.be.to_device(x), train=True)
                 loss = float(self.loss_fn.forward(logits, y))
@@ -806,11 +819,12 @@ class Trainer:
             raise TrainingDiverged(f"validation loss became {res['loss']} after epoch {e} (lr {self.opt.lr:g}); "
                                    f"the last good checkpoint {self.files['checkpoint']} is kept")
         lr_used = self.opt.lr
-        annealed = self.sched.step(res["accuracy"])
+        annealed = self.sched.step(res["accuracy"]) if self.cfg["lr_schedule"] == "plateau" else False
         s = self.sums
         row = {"epoch": e, "step": self.step, "lr": lr_used, "train_loss": s["loss"] / max(s["seen"], 1),
                "train_acc": s["correct"] / max(s["seen"], 1), "val_loss": res["loss"], "val_acc": res["accuracy"],
                "val_top5_acc": res["top5_accuracy"], "epoch_time_s": s["time"], "elapsed_s": self._elapsed(),
+               "cpu_s": self._cpu(),
                "images_per_s": s["seen"] / max(s["time"], 1e-9), "lr_annealed": int(annealed)}
         self.history.append(row)
         self.epoch, self.pos = e, 0
@@ -823,7 +837,7 @@ class Trainer:
             _log(f"epoch {e}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | val loss "
                  f"{row['val_loss']:.4f} acc {row['val_acc']:.2%} | lr {lr_used:g}"
                  f"{' -> ' + format(self.opt.lr, 'g') if annealed else ''} | {row['images_per_s']:.0f} img/s, "
-                 f"{_fmt_time(row['elapsed_s'])} elapsed")
+                 f"{_fmt_time(row['elapsed_s'])} elapsed, {row['cpu_s']:.0f} CPU s")
         self._emit(event="epoch", **row)
 
     def _finish(self):
@@ -845,6 +859,12 @@ class Trainer:
                  f"{self.files['weights']}")
         self._emit(event="done", **{k: v for k, v in result.items() if k != "history"})
         return result
+
+
+def cosine_lr(lr0, step, total_steps):
+    """Cosine decay from ``lr0`` at step 0 to 0 at ``total_steps`` (a function of the step alone, so
+    resuming needs no extra state)."""
+    return 0.5 * lr0 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def _fmt_time(s):
@@ -883,6 +903,8 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
     overwrite : replace a run already in ``out_dir``.
     **options : any other key of :data:`DEFAULTS`: model_config (architecture overrides, e.g.
         ``{"conv1": [5, 1, 2]}``), input_size, resize, pad, momentum, weight_decay, renorm_rms,
+        lr_schedule ("plateau": x lr_factor when the validation accuracy has not improved by
+        lr_threshold for more than lr_patience epochs; "cosine": cosine decay to 0 over the run),
         lr_factor, lr_patience, min_lr, lr_threshold, val_split, val_data, checkpoint_every, augment
         ("flip,crop", "flip", "none"), scale, mean ("pixel", "channel", "none"), eval_batch.
 

@@ -47,6 +47,10 @@ def register(sub):
     p.add_argument("--lr", type=float, default=None, help=f"initial learning rate (default {D['lr']})")
     p.add_argument("--momentum", type=float, default=None, help=f"(default {D['momentum']})")
     p.add_argument("--weight-decay", type=float, default=None, help=f"(default {D['weight_decay']})")
+    p.add_argument("--lr-schedule", choices=("plateau", "cosine"), default=None,
+                   help="plateau: divide the lr by 1/--lr-factor when validation accuracy stops improving "
+                        "(paper); cosine: decay to 0 over the run (best for short runs) (default "
+                        f"{D['lr_schedule']})")
     p.add_argument("--lr-factor", type=float, default=None,
                    help=f"lr multiplier when validation accuracy plateaus (default {D['lr_factor']})")
     p.add_argument("--lr-patience", type=int, default=None,
@@ -118,7 +122,7 @@ def cmd_train(args):
         data, args.out, model=args.model, epochs=args.epochs, batch=args.batch, lr=args.lr, backend=args.backend,
         snapshots=args.snapshots, seed=args.seed, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite,
         model_config=mc or None, input_size=args.input_size, resize=args.resize, pad=args.pad,
-        momentum=args.momentum, weight_decay=args.weight_decay, lr_factor=args.lr_factor,
+        momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, lr_factor=args.lr_factor,
         lr_patience=args.lr_patience, min_lr=args.min_lr, val_split=args.val_split, val_data=args.val_data,
         checkpoint_every=args.checkpoint_every, augment=args.augment, scale=args.scale, mean=args.mean,
         eval_batch=args.eval_batch)
