@@ -16,9 +16,10 @@ A convolution is one GEMM per chunk of images, ``Y (F, P) = W (F, K) @ cols (K, 
 * **Bias folded into the GEMM.** ``cols`` gets an extra row of ones and ``W`` the bias as an extra
   column, so ``y = W @ x + b`` costs no extra pass; in backward the same row makes the GEMM return
   ``db`` as the last column of ``dW``.
-* **Batch folding.** Layers with small outputs (conv3-5: 13x13) put several images side by side in
-  one GEMM (``_TARGET_COLS`` columns), which keeps the GEMM efficient; large layers (conv1: 110x110)
-  run one image per GEMM, writing straight into the output, so no transpose is needed.
+* **Batch folding.** Several images go side by side into one GEMM: as many as fit a ``cols`` workspace
+  of ``_CHUNK_BYTES`` (conv1 and conv2 of ZFNet: 4 images), and at least ``_TARGET_COLS`` columns for
+  small maps. Fewer, larger GEMMs run closer to the BLAS's peak and cost fewer thread hand-offs (on a
+  busy machine each hand-off can wait a scheduler slice).
 * **Workspaces.** The ``cols`` and phase buffers are kept per thread and reused across calls
   (DESIGN §10: fresh large buffers cost page faults). They never leave this module: every array a
   kernel returns is freshly allocated.
@@ -47,9 +48,11 @@ from .reference import conv_output_size, pool_output_size
 
 NAME = "cpu"
 
-#: columns per convolution GEMM that batch folding aims for (measured: ~2000-3000 columns reach the
-#: BLAS's large-matrix speed on conv3-5 shapes; more only grows the workspace)
+#: at least this many columns per convolution GEMM (measured: ~2000-3000 columns reach the BLAS's
+#: large-matrix speed on conv3-5 shapes)
 _TARGET_COLS = 2048
+#: and as many images as fit a ``cols`` workspace of this size
+_CHUNK_BYTES = 32 << 20
 
 _JIT = dict(parallel=True, cache=True, nogil=True)
 
@@ -386,7 +389,8 @@ class _ConvGeom:
         self.hq = -(-(h + 2 * pad) // stride)
         self.wq = -(-(w + 2 * pad) // stride)
         self.direct = stride == 1 and pad == 0  # phase space is the input itself
-        g = 1 if self.hw >= _TARGET_COLS else min(max(n, 1), -(-_TARGET_COLS // self.hw))
+        g_bytes = _CHUNK_BYTES // ((self.k + 1) * self.hw * 4)
+        g = min(max(n, 1), max(1, g_bytes, -(-_TARGET_COLS // self.hw)))
         nchunks = -(-n // g) if n else 0
         self.g = -(-n // nchunks) if nchunks else 1  # balance the chunks
 

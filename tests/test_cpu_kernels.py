@@ -90,6 +90,7 @@ def test_conv_batch_folding(monkeypatch, target):
     """One image per GEMM, ragged chunks of images, and the whole batch in one GEMM agree."""
     hw = 7 * 7
     monkeypatch.setattr(cpu, "_TARGET_COLS", target * hw)
+    monkeypatch.setattr(cpu, "_CHUNK_BYTES", 0)
     rng = np.random.default_rng(target)
     x = _rand(rng, (5, 4, 13, 13), np.float32)
     wt = _rand(rng, (6, 4, 3, 3), np.float32)
