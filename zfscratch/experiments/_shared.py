@@ -96,9 +96,14 @@ def forward_layers(net, x, layers, logits=True):
 
 
 def batched(n, batch):
-    """``[(start, stop), ...]`` covering ``range(n)`` in chunks of ``batch``."""
+    """``[(start, stop), ...]`` covering ``range(n)`` in the fewest chunks of at most ``batch``, of
+    near-equal sizes (625 positions at batch 16: 40 chunks of 15-16, not 39 x 16 + a lone 1)."""
     batch = max(1, int(batch))
-    return [(s, min(n, s + batch)) for s in range(0, n, batch)]
+    k = -(-int(n) // batch)
+    if k == 0:
+        return []
+    edges = [(i * n) // k for i in range(k + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(k)]
 
 
 def progress_bar(total, desc, enabled=True, unit="img"):
