@@ -547,26 +547,22 @@ def _wino_output_adjoint(dy, n0, th, tw, dm):
     for task in prange(g_n * f_n):
         g, f = task // f_n, task % f_n
         pl = np.zeros(hp * wp, dy.dtype)
-        e = np.empty(wp, dy.dtype)
+        e = np.empty(4 * wp, dy.dtype)
         src = ((n0 + g) * f_n + f) * ho * wo
         for r in range(ho):
             _copy_run(pl, r * wp, dyf, src + r * wo, wo, 1)
         for ti in range(th):
             r0 = 2 * ti * wp
+            for u in range(wp):  # the rows of A dy, from the tile row's two dy rows
+                d0, d1 = pl[np.uint64(r0 + u)], pl[np.uint64(r0 + wp + u)]
+                e[u] = d0
+                e[wp + u] = d0 + d1
+                e[2 * wp + u] = d0 - d1
+                e[3 * wp + u] = -d1
             for al in range(4):
-                for u in range(wp):  # row alpha of A dy, for the tile row's two dy rows
-                    d0, d1 = pl[np.uint64(r0 + u)], pl[np.uint64(r0 + wp + u)]
-                    if al == 0:
-                        e[u] = d0
-                    elif al == 1:
-                        e[u] = d0 + d1
-                    elif al == 2:
-                        e[u] = d0 - d1
-                    else:
-                        e[u] = -d1
                 ob = f * t_n + (g * th + ti) * tw + 4 * al * ps
                 for tj in range(tw):  # (A dy) A^T along the columns, four xi planes at a time
-                    e0, e1 = e[2 * tj], e[2 * tj + 1]
+                    e0, e1 = e[al * wp + 2 * tj], e[al * wp + 2 * tj + 1]
                     df[np.uint64(ob + tj)] = e0
                     df[np.uint64(ob + ps + tj)] = e0 + e1
                     df[np.uint64(ob + 2 * ps + tj)] = e0 - e1
