@@ -198,6 +198,6 @@ def plot_layerwise(out, path):
     ax.set_ylabel("accuracy of a linear softmax classifier")
     ax.set_title(f"Per-layer features (Table 7): conv layers {out['pool']}-pooled to {out['grid']}x{out['grid']}",
                  fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
     return S.save_figure(fig, path)
