@@ -171,18 +171,19 @@ def demo_model(args):
         print(f"model: {path} ({net.config.get('arch')}, input {net.config.get('input_size')}px, "
               f"classes {', '.join(meta.get('classes') or [])})")
         return net, meta, _dataset_like(meta, net)
-    val = SyntheticDataset(n=200, size=32, seed=args.seed, split="val", classes=list(DEMO_CLASSES))
+    val = SyntheticDataset(n=200, size=32, seed=args.seed, split="val", classes=list(DEMO_CLASSES), max_angle=30)
     if args.fast:
         return _untrained(args, val)
     run = os.path.join(args.out, "demo_model")
     wpath = os.path.join(run, "weights.npz")
     if not os.path.isfile(wpath):
         from zfscratch.train import train_model
-        train = SyntheticDataset(n=800, size=32, seed=args.seed, split="train", classes=list(DEMO_CLASSES))
+        train = SyntheticDataset(n=800, size=32, seed=args.seed, split="train", classes=list(DEMO_CLASSES),
+                                 max_angle=30)
         print(f"training a small model for the demo (cached in {run}; pass --weights to use yours) ...")
-        r = train_model((train, val), run, model="zfnet_small", epochs=4, batch=32, lr=0.02,
-                        backend=args.be.name, snapshots=(), quiet=True, overwrite=True, model_config=DEMO_ARCH,
-                        augment="flip")
+        r = train_model((train, val), run, model="zfnet_small", epochs=5, batch=32, lr=0.02,
+                        backend=args.be.name, snapshots=(), quiet=True, overwrite=True,
+                        model_config=dict(DEMO_ARCH, dropout=0.0), augment="flip")
         print(f"  done in {r['elapsed_s']:.1f} s, validation accuracy {r['val_acc']:.1%}")
     net, meta = load_weights(wpath, backend=args.be)
     print(f"model: {wpath} (narrow zfnet_small, 32x32 input, classes {', '.join(meta['classes'])}, "

@@ -18,7 +18,8 @@ from zfscratch import pipeline
 from zfscratch.cli import main
 
 TINY = dict(
-    size=48, n_train=80, n_val=40, n_test=60, epochs=1, batch=32, lr=0.02, snapshots=(0, 1),
+    size=48, n_train=80, n_val=40, n_test=60, classes="face+house+car+flower+star+tree", max_angle=30,
+    epochs=1, batch=32, lr=0.02, dropout=0.0, snapshots=(0, 1),
     topk_images=32, topk_maps=2, evolution_images=16, evolution_maps=1,
     reconstruct_images=1, reconstruct_eval=16, occlusion_images=1, occlusion_stride=8,
     invariance_images=1, invariance_eval=2, correspondence_images=2, correspondence_groups=1,

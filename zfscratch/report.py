@@ -189,6 +189,7 @@ def build_html(manifest, stages, ctx):
             '<p class="sub">Zeiler &amp; Fergus (2014) on a from-scratch NumPy/Numba/CuPy engine. Every number and '
             "figure below was computed by the command shown, on this machine; the page works offline.</p>",
             render_block(("kv", head)),
+            (render_block(("note", manifest["budget_note"])) if manifest.get("budget_note") else ""),
             "<nav><h2>Sections</h2><ol>" + "".join(toc) + "</ol></nav>",
             '<section id="timing"><h2>Backend and timings</h2>',
             render_block(("table", ["stage", "paper", "status", "wall s", "CPU s", "backend"], timing_rows)),
