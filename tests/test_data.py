@@ -1,6 +1,5 @@
 """Tests of zfscratch.data: synthetic dataset, IDX/CIFAR/folder loaders, transforms, iterator."""
 import gzip
-import os
 import struct
 import tarfile
 from pathlib import Path

@@ -27,8 +27,15 @@ Anti-aliasing: each group of primitives (a union, e.g. the five points of a star
 its signed distance with a one-pixel ramp, so shapes have smooth edges and move smoothly under
 sub-pixel translation.
 
-Speed: rendering is one Numba ``@njit(cache=True)`` pass per image (no Python per pixel); a 64x64
-image takes roughly 0.1-0.3 ms on one core (see ``benchmark()``).
+Speed: rendering is one Numba ``@njit(cache=True)`` pass per image (no Python per pixel); measured
+on one core of a busy 2-core machine: 64x64 plain ~5,500-10,700 images/s, coloured ~3,900-6,100
+images/s (32x32: 17,000 / 12,600; 224x224: 460 / 370). See ``benchmark()``. The first call
+compiles the kernels (~12 s of CPU once; cached on disk afterwards).
+
+Difficulty (measured, 64x64, 20,000 training / 2,000 validation images): a linear softmax
+classifier on standardized raw pixels reaches 25% (plain) and 16% (coloured) validation accuracy
+(chance: 10%); a network with zfnet_small's exact shapes (PyTorch, SGD lr 0.01, momentum 0.9,
+batch 64) reaches 96.9% (plain) after 2 epochs, and 96.2% (coloured, lr 0.02) after 3 epochs.
 """
 from __future__ import annotations
 
