@@ -249,6 +249,16 @@ def test_own_images_skip_synthetic_only_sections(tmp_path, monkeypatch):
     assert "not been run" in secs["occlusion"]
 
 
+def test_data_spec():
+    d = pipeline.data_spec(None, "quick")
+    assert d.startswith("synthetic:") and "size=48" in d and "n=600" in d
+    assert pipeline.data_spec("synthetic", "quick") == "synthetic:size=48"
+    assert pipeline.data_spec("synthetic:n=50", "quick") == "synthetic:n=50,size=48"
+    assert pipeline.data_spec("synthetic:n=50,size=40", "quick") == "synthetic:n=50,size=40"
+    assert pipeline.data_spec("folder:/x", "default") == "folder:/x,size=48"
+    assert pipeline.data_spec("cifar:/x", "default") == "cifar:/x"
+
+
 def test_cli_bad_data_is_one_line_error(tmp_path, capsys):
     rc = main(["run", "--quick", "--out", str(tmp_path / "r"), "--data", f"folder:{tmp_path}/missing"])
     err = capsys.readouterr().err

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 import traceback
 import uuid
@@ -743,16 +742,17 @@ def cmds_architecture(ctx, cfg):
 
 # ============================================================================================ the job
 def data_spec(data, profile):
-    """The data spec of a run: ``--data`` as given (folder images resized to the profile's size unless
-    the spec says otherwise), or the embedded synthetic data at the profile's size and counts."""
+    """The data spec of a run: ``--data`` as given (folder and synthetic images at the profile's input
+    size unless the spec says otherwise), or the embedded synthetic data at the profile's size and counts."""
     p = PROFILES[profile]
     if not data:
         extra = "".join(f",{k}={p[k]}" for k in ("classes", "max_angle") if p.get(k) is not None)
         return f"synthetic:n={p['n_train']},n_val={p['n_val']},n_test={p['n_test']},size={p['size']}{extra}"
     from zfscratch.data import parse_spec
     kind, _, opts = parse_spec(data)
-    if kind == "folder" and "size" not in opts:
-        return f"{data},size={p['size']}"
+    if kind in ("folder", "synthetic") and "size" not in opts:
+        sep = "," if ":" in data else ":"
+        return f"{data}{sep}size={p['size']}"
     return data
 
 
