@@ -647,7 +647,8 @@ def render_correspondence(res, ctx):
         for k in row:
             if k not in ("part", "random") and k not in layers:
                 layers.append(k)
-    rows = [[("random" if r["random"] else r["part"])] +
+    rows = [[(f"random (as large as {r['part']})" if r["random"] and r["part"] != "random" else
+              "random" if r["random"] else r["part"])] +
             [f"{r[l]['mean']:.4f} ± {r[l]['std']:.4f}" if l in r else "n/a" for l in layers] for r in res["rows"]]
     return [("table", ["occluded part"] + [f"Δ {l} (normalized)" for l in layers], rows),
             ("fig", res["figure"], f"The occluders on the {res['class']} images: each part, and random discs of "
