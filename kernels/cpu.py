@@ -20,9 +20,15 @@ A convolution is one GEMM per chunk of images, ``Y (F, P) = W (F, K) @ cols (K, 
   of ``_CHUNK_BYTES`` (conv1 and conv2 of ZFNet: 4 images), and at least ``_TARGET_COLS`` columns for
   small maps. Fewer, larger GEMMs run closer to the BLAS's peak and cost fewer thread hand-offs (on a
   busy machine each hand-off can wait a scheduler slice).
-* **Workspaces.** The ``cols`` and phase buffers are kept per thread and reused across calls
+* **Split GEMMs.** Each GEMM is split by columns over Numba's thread count, every part calling
+  single-threaded BLAS from its own thread (:func:`_matmul`): OpenBLAS's own threads busy-wait.
+* **Winograd for 3x3 stride-1 layers** (conv3-5): F(2x2, 3x3), 16 GEMMs on transformed tiles, 2.25x
+  fewer multiply-adds; backward through the exact adjoints of the transforms (see that section).
+* **Workspaces.** The ``cols``, phase and Winograd buffers are kept per thread and reused across calls
   (DESIGN §10: fresh large buffers cost page faults). They never leave this module: every array a
   kernel returns is freshly allocated.
+
+Winograd changes the rounding, not the result: the tests hold it to the reference like the rest.
 
 Numba rules (DESIGN §2): ``cache=True``; ``prange`` only on the outermost loop and every iteration
 writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN must propagate).
