@@ -162,6 +162,37 @@ def _gemm_pool(nt):
         return _GEMM_POOL[0]
 
 
+def _run_blocks(nt, nblocks, work):
+    """Call ``work(i)`` for ``i < nblocks`` on ``nt`` threads (the caller and ``nt - 1`` pool workers),
+    each thread taking the next block when it is done (dynamic: a thread slowed down by another job
+    on its core takes fewer blocks). BLAS is single-threaded meanwhile."""
+    blocks = iter(range(nblocks))
+    lock = threading.Lock()
+
+    def loop():
+        while True:
+            with lock:
+                i = next(blocks, None)
+            if i is None:
+                return
+            work(i)
+
+    pool = _gemm_pool(nt)
+    _blas_single(True)
+    try:
+        futs = [pool.submit(loop) for _ in range(nt - 1)]
+        loop()
+        for f in futs:
+            f.result()
+    finally:
+        _blas_single(False)
+
+
+#: a split GEMM is cut into about this many column blocks per thread, each at least _MIN_BLOCK_COLS wide
+_BLOCKS_PER_THREAD = 4
+_MIN_BLOCK_COLS = 256
+
+
 def _matmul(a, b, out):
     """``out[...] = a @ b`` for 2-D arrays, the columns of ``b``/``out`` split over the threads.
 
@@ -173,17 +204,13 @@ def _matmul(a, b, out):
     if nt < 2 or _BLAS.set is None or n < 2 * nt or m * k * n < _SPLIT_MIN_MACS:
         np.matmul(a, b, out=out)
         return
-    pool = _gemm_pool(nt)
-    edges = [n * i // nt for i in range(nt + 1)]
-    _blas_single(True)
-    try:
-        futs = [pool.submit(np.matmul, a, b[:, edges[i]:edges[i + 1]], out=out[:, edges[i]:edges[i + 1]])
-                for i in range(1, nt)]
-        np.matmul(a, b[:, :edges[1]], out=out[:, :edges[1]])
-        for f in futs:
-            f.result()
-    finally:
-        _blas_single(False)
+    nblocks = min(nt * _BLOCKS_PER_THREAD, max(nt, n // _MIN_BLOCK_COLS))
+    edges = [n * i // nblocks for i in range(nblocks + 1)]
+
+    def work(i):
+        np.matmul(a, b[:, edges[i]:edges[i + 1]], out=out[:, edges[i]:edges[i + 1]])
+
+    _run_blocks(nt, nblocks, work)
 
 
 def matmul(a, b):
@@ -629,23 +656,17 @@ def _wino_input_adjoint(dv, n0, pad, th, tw, dx):
 
 
 def _matmul_stack(a, b, out):
-    """``out[i] = a[i] @ b[i]`` for stacks of matrices, the stack split over the threads (single-threaded
-    BLAS in each, see :func:`_matmul`)."""
+    """``out[i] = a[i] @ b[i]`` for stacks of matrices, one product per block over the threads
+    (single-threaded BLAS in each, see :func:`_run_blocks`)."""
     nt = min(numba.get_num_threads(), out.shape[0])
     if nt < 2 or _BLAS.set is None:
         np.matmul(a, b, out=out)
         return
-    pool = _gemm_pool(nt)
-    edges = [out.shape[0] * i // nt for i in range(nt + 1)]
-    _blas_single(True)
-    try:
-        futs = [pool.submit(np.matmul, a[edges[i]:edges[i + 1]], b[edges[i]:edges[i + 1]],
-                            out=out[edges[i]:edges[i + 1]]) for i in range(1, nt)]
-        np.matmul(a[:edges[1]], b[:edges[1]], out=out[:edges[1]])
-        for f in futs:
-            f.result()
-    finally:
-        _blas_single(False)
+
+    def work(i):
+        np.matmul(a[i], b[i], out=out[i])
+
+    _run_blocks(nt, out.shape[0], work)
 
 
 class _Wino:
