@@ -15,6 +15,8 @@
   the ratio ``torch time / our time`` (above 1: we are faster).
 
 Only wall-clock time is measured (``time.perf_counter``, the backend synchronized around each run).
+With ``compare="torch"`` our runs and PyTorch's alternate (ours, torch, ours, torch, ...), layer by
+layer and for the whole network, so that on a machine whose load drifts both see the same conditions.
 """
 from __future__ import annotations
 
@@ -244,44 +246,61 @@ def _median_ms(ts):
     return float(np.median(ts) * 1e3)
 
 
-def bench_layers(net, x, repeats, progress=lambda s: None):
-    """Per-layer forward/backward times of ``net`` on input ``x`` (train mode, as in a training step).
+def time_interleaved(fns, repeats, syncs, warmup=1):
+    """Time several functions in turns (f0, f1, ..., f0, f1, ...) after ``warmup`` untimed rounds.
 
-    Returns a list of dicts: name, kind, in_shape, out_shape, fwd_ms, bwd_ms, fwd_gflop, bwd_gflop.
+    On a machine whose load drifts (other jobs), alternating keeps the conditions of the compared
+    functions alike, so that their ratio is fair. Returns one list of seconds per function.
     """
+    for _ in range(warmup):
+        for fn, sync in zip(fns, syncs):
+            fn()
+            sync()
+    out = [[] for _ in fns]
+    for _ in range(max(1, int(repeats))):
+        for i, (fn, sync) in enumerate(zip(fns, syncs)):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out[i].append(time.perf_counter() - t0)
+    return out
+
+
+def our_layer_runs(net, x):
+    """Per layer of ``net`` on input ``x``: a dict with name, kind, shapes, FLOPs and ``fwd``/``bwd``
+    callables (train mode, as in a training step; ``bwd`` after ``fwd`` uses that forward's cache)."""
     be = net.backend
     rng = np.random.default_rng(1)
-    rows = []
-    a = x
+    rows, a = [], x
     for layer in net.layers:
         y = layer.forward(a, train=True)
         in_shape, out_shape = tuple(a.shape), tuple(y.shape)
         dy = be.to_device(rng.standard_normal(out_shape).astype(np.dtype(y.dtype)) * 1e-3)
-        fwd = time_runs(lambda: layer.forward(a, train=True), repeats, be.synchronize)
-        bwd = time_runs(lambda: layer.backward(dy), repeats, be.synchronize)
         f_fl, b_fl = layer_flops(layer, in_shape, out_shape)
+
+        def fwd(layer=layer, a=a):
+            layer.forward(a, train=True)
+
+        def bwd(layer=layer, dy=dy):
+            layer.backward(dy)
+
         rows.append(dict(name=layer.name, kind=layer.kind, in_shape=in_shape, out_shape=out_shape,
-                         fwd_ms=_median_ms(fwd), bwd_ms=_median_ms(bwd), fwd_gflop=f_fl / 1e9, bwd_gflop=b_fl / 1e9))
-        progress(f"  {layer.name:<8} fwd {rows[-1]['fwd_ms']:8.2f} ms  bwd {rows[-1]['bwd_ms']:8.2f} ms")
-        layer.forward(a, train=True)  # leave the layer's cache consistent with its input
+                         fwd_gflop=f_fl / 1e9, bwd_gflop=b_fl / 1e9, fwd=fwd, bwd=bwd))
         a = y
-    net.zero_grads()
     return rows
 
 
-def bench_network(net, x, labels, repeats, progress=lambda s: None):
-    """Whole-network timings: inference forward, and a training step (forward, loss, backward, SGD).
-
-    Returns a dict: fwd_ms, step_ms (medians), fwd_img_s, step_img_s, step_peak_rss_mb,
-    step_rss_before_mb, step_rss_added_mb.
-    """
+def our_network_runs(net, x, labels):
+    """``(forward, step)`` callables of the whole network: inference, and a training step (forward,
+    loss, backward, SGD update)."""
     from zfscratch.layers import SoftmaxCrossEntropy
     from zfscratch.optim import SGD
 
-    be = net.backend
-    n = x.shape[0]
-    loss = SoftmaxCrossEntropy(be)
+    loss = SoftmaxCrossEntropy(net.backend)
     opt = SGD(net, lr=1e-4, momentum=0.9, weight_decay=5e-4)
+
+    def fwd():
+        net.forward(x, train=False)
 
     def step():
         net.zero_grads()
@@ -290,18 +309,22 @@ def bench_network(net, x, labels, repeats, progress=lambda s: None):
         net.backward(loss.backward())
         opt.step()
 
-    progress("  forward (inference)")
-    fwd = time_runs(lambda: net.forward(x, train=False), repeats, be.synchronize)
-    progress("  training step (forward + backward + SGD)")
-    st = time_runs(step, repeats, be.synchronize)
-    clear = getattr(be.kernels, "clear_workspaces", None)
+    return fwd, step
+
+
+def step_memory(step, sync, clear=None):
+    """Peak RSS of one training step and what it adds to the RSS before it (MiB). ``clear`` frees
+    scratch buffers kept between calls, so that they count in the step."""
     if clear is not None:
-        clear()  # the step's scratch buffers count in its memory
-    peak, before = peak_rss_of(lambda: (step(), be.synchronize()))
-    out = dict(fwd_ms=_median_ms(fwd), step_ms=_median_ms(st), fwd_ms_all=[t * 1e3 for t in fwd],
-               step_ms_all=[t * 1e3 for t in st])
-    out.update(fwd_img_s=n / (out["fwd_ms"] / 1e3), step_img_s=n / (out["step_ms"] / 1e3),
-               step_peak_rss_mb=peak, step_rss_before_mb=before, step_rss_added_mb=max(peak - before, 0.0))
+        clear()
+    peak, before = peak_rss_of(lambda: (step(), sync()))
+    return dict(step_peak_rss_mb=peak, step_rss_before_mb=before, step_rss_added_mb=max(peak - before, 0.0))
+
+
+def _network_figures(n, fwd_ts, step_ts):
+    out = dict(fwd_ms=_median_ms(fwd_ts), step_ms=_median_ms(step_ts), fwd_ms_all=[t * 1e3 for t in fwd_ts],
+               step_ms_all=[t * 1e3 for t in step_ts])
+    out.update(fwd_img_s=n / (out["fwd_ms"] / 1e3), step_img_s=n / (out["step_ms"] / 1e3))
     return out
 
 
@@ -394,67 +417,58 @@ def check_agreement(net, mods, x_host, labels_host, device="cpu"):
                 grads_worst_param=worst_name)
 
 
-def bench_torch_layers(mods, x_host, repeats, first_needs_grad=False, device="cpu", progress=lambda s: None):
-    """Per-layer forward/backward times of the PyTorch twin (same protocol as :func:`bench_layers`)."""
+def torch_layer_runs(mods, x_host, first_needs_grad=False, device="cpu"):
+    """Per module of the PyTorch twin: ``(fwd, bwd)`` callables, as :func:`our_layer_runs` (forward
+    without autograd; backward through ``torch.autograd.grad`` to the input, unless it is the first
+    layer, and the parameters)."""
     torch = import_torch()
-    sync = _torch_sync(torch, device)
     rng = np.random.default_rng(1)
-    rows = []
+    runs = []
     a = torch.from_numpy(x_host).to(device)
     for i, (name, m) in enumerate(mods):
         m.train()
         with torch.no_grad():
             y = m(a)
         dy = torch.from_numpy((rng.standard_normal(tuple(y.shape)) * 1e-3).astype(x_host.dtype)).to(device)
-        fwd = time_runs(lambda: m(a), repeats, sync)
         need_input = i > 0 or first_needs_grad
         ain = a.detach().requires_grad_(need_input)
         yg = m(ain)
-        inputs = ([ain] if need_input else []) + [p for p in m.parameters()]
+        inputs = ([ain] if need_input else []) + list(m.parameters())
+
+        def fwd(m=m, a=a):
+            with torch.no_grad():
+                m(a)
+
+        bwd = None
         if inputs and yg.requires_grad:
-            bwd = time_runs(lambda: torch.autograd.grad(yg, inputs, grad_outputs=dy, retain_graph=True), repeats, sync)
-            bwd_ms = _median_ms(bwd)
-        else:
-            bwd_ms = 0.0
-        rows.append(dict(name=name, fwd_ms=_median_ms(fwd), bwd_ms=bwd_ms))
-        progress(f"  {name:<8} fwd {rows[-1]['fwd_ms']:8.2f} ms  bwd {rows[-1]['bwd_ms']:8.2f} ms")
+            def bwd(yg=yg, inputs=inputs, dy=dy):
+                torch.autograd.grad(yg, inputs, grad_outputs=dy, retain_graph=True)
+        runs.append((fwd, bwd))
         a = y
-        del yg, ain
-    return rows
+    return runs
 
 
-def bench_torch_network(mods, x_host, labels_host, repeats, device="cpu", progress=lambda s: None):
-    """Whole-network PyTorch timings, same protocol and keys as :func:`bench_network`."""
+def torch_network_runs(mods, x_host, labels_host, device="cpu"):
+    """``(forward, step)`` callables of the PyTorch twin, as :func:`our_network_runs`."""
     torch = import_torch()
-    sync = _torch_sync(torch, device)
     model = torch.nn.Sequential(*[m for _, m in mods])
     x = torch.from_numpy(x_host).to(device)
     labels = torch.from_numpy(labels_host.astype(np.int64)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    n = x_host.shape[0]
 
     def fwd():
+        model.eval()
         with torch.no_grad():
             model(x)
 
     def step():
+        model.train()
         opt.zero_grad(set_to_none=False)
         loss = torch.nn.functional.cross_entropy(model(x), labels)
         loss.backward()
         opt.step()
 
-    progress("  forward (inference)")
-    model.eval()
-    f = time_runs(fwd, repeats, sync)
-    model.train()
-    progress("  training step (forward + backward + SGD)")
-    st = time_runs(step, repeats, sync)
-    peak, before = peak_rss_of(lambda: (step(), sync()))
-    out = dict(fwd_ms=_median_ms(f), step_ms=_median_ms(st), fwd_ms_all=[t * 1e3 for t in f],
-               step_ms_all=[t * 1e3 for t in st])
-    out.update(fwd_img_s=n / (out["fwd_ms"] / 1e3), step_img_s=n / (out["step_ms"] / 1e3),
-               step_peak_rss_mb=peak, step_rss_before_mb=before, step_rss_added_mb=max(peak - before, 0.0))
-    return out
+    return fwd, step
 
 
 # ============================================================================= driver
@@ -546,36 +560,63 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     res["sgemm_gflops"] = sgemm_gflops(be.xp, sizes=sgemm_sizes, sync=be.synchronize)
     res["threads"] = thread_info()
 
-    progress(f"per layer: {model} {size}x{size}, batch {batch}, backend {be.name}")
-    layers = bench_layers(net, x, repeats, progress)
-    progress("whole network")
-    res["network"] = bench_network(net, x, labels, repeats, progress)
+    sync = be.synchronize
+    twin = None
+    if torch is not None:
+        device = "cuda" if be.name == "cupy" and torch.cuda.is_available() else "cpu"
+        tsync = _torch_sync(torch, device)
+        twin = torch_twin(net, device)
+        progress("PyTorch: agreement (eval mode, dropout off)")
+        res["agreement"] = check_agreement(net, twin, x_host, labels_host, device)
+
+    label = f"{model} {size}x{size}, batch {batch}, backend {be.name}" + (" vs PyTorch (alternating runs)"
+                                                                          if twin else "")
+    progress(f"per layer: {label}")
+    layers = our_layer_runs(net, x)
+    truns = torch_layer_runs(twin, x_host, bool(getattr(net.layers[0], "need_dx", False)), device) if twin else None
     peak = res["sgemm_gflops"]
-    for r in layers:
+    for i, r in enumerate(layers):
+        fns, syncs = [r.pop("fwd"), r.pop("bwd")], [sync, sync]
+        if truns:
+            tf, tb = truns[i]
+            fns += [tf] + ([tb] if tb else [])
+            syncs += [tsync] * (2 if tb else 1)
+        ts = time_interleaved(fns, repeats, syncs)
+        r["fwd_ms"], r["bwd_ms"] = _median_ms(ts[0]), _median_ms(ts[1])
+        if truns:
+            r["torch_fwd_ms"] = _median_ms(ts[2])
+            r["torch_bwd_ms"] = _median_ms(ts[3]) if len(ts) > 3 else 0.0
+            r["fwd_speedup"] = r["torch_fwd_ms"] / r["fwd_ms"] if r["fwd_ms"] > 0 else None
+            r["bwd_speedup"] = (r["torch_bwd_ms"] / r["bwd_ms"] if r["bwd_ms"] > 0 and r["torch_bwd_ms"] > 0
+                                else None)
         r["in_shape"], r["out_shape"] = list(r["in_shape"]), list(r["out_shape"])
         r["fwd_gflops"] = r["fwd_gflop"] / (r["fwd_ms"] / 1e3) if r["fwd_gflop"] and r["fwd_ms"] > 0 else None
         r["bwd_gflops"] = r["bwd_gflop"] / (r["bwd_ms"] / 1e3) if r["bwd_gflop"] and r["bwd_ms"] > 0 else None
         r["fwd_pct_sgemm"] = 100.0 * r["fwd_gflops"] / peak if r["fwd_gflops"] and peak else None
         r["bwd_pct_sgemm"] = 100.0 * r["bwd_gflops"] / peak if r["bwd_gflops"] and peak else None
+        extra = f"   torch fwd {r['torch_fwd_ms']:8.2f} bwd {r['torch_bwd_ms']:8.2f}" if truns else ""
+        progress(f"  {r['name']:<8} fwd {r['fwd_ms']:8.2f} ms  bwd {r['bwd_ms']:8.2f} ms{extra}")
+    del truns
+    net.zero_grads()
     res["layers"] = layers
     res["gflop_per_image_fwd"] = sum(r["fwd_gflop"] for r in layers) / batch
 
-    if torch is not None:
-        device = "cuda" if be.name == "cupy" and torch.cuda.is_available() else "cpu"
-        mods = torch_twin(net, device)
-        progress("PyTorch: agreement (eval mode, dropout off)")
-        res["agreement"] = check_agreement(net, mods, x_host, labels_host, device)
-        progress("PyTorch: per layer")
-        first_needs = bool(getattr(net.layers[0], "need_dx", False))
-        tl = bench_torch_layers(mods, x_host, repeats, first_needs, device, progress)
-        for r, t in zip(layers, tl):
-            r["torch_fwd_ms"], r["torch_bwd_ms"] = t["fwd_ms"], t["bwd_ms"]
-            r["fwd_speedup"] = t["fwd_ms"] / r["fwd_ms"] if r["fwd_ms"] > 0 else None
-            r["bwd_speedup"] = t["bwd_ms"] / r["bwd_ms"] if r["bwd_ms"] > 0 and t["bwd_ms"] > 0 else None
-        progress("PyTorch: whole network")
-        tn = bench_torch_network(mods, x_host, labels_host, repeats, device, progress)
-        res["torch"] = dict(device=device, **tn)
-        ours = res["network"]
+    progress("whole network: forward (inference)" + (", alternating with PyTorch" if twin else ""))
+    ofwd, ostep = our_network_runs(net, x, labels)
+    fns, syncs = [ofwd], [sync]
+    if twin:
+        tfwd, tstep = torch_network_runs(twin, x_host, labels_host, device)
+        fns, syncs = [ofwd, tfwd], [sync, tsync]
+    f_ts = time_interleaved(fns, repeats, syncs)
+    progress("whole network: training step (forward + backward + SGD)")
+    s_ts = time_interleaved([ostep, tstep] if twin else [ostep], repeats, syncs)
+    progress("whole network: memory of a training step")
+    res["network"] = _network_figures(batch, f_ts[0], s_ts[0])
+    res["network"].update(step_memory(ostep, sync, getattr(be.kernels, "clear_workspaces", None)))
+    if twin:
+        res["torch"] = dict(device=device, **_network_figures(batch, f_ts[1], s_ts[1]))
+        res["torch"].update(step_memory(tstep, tsync))
+        ours, tn = res["network"], res["torch"]
         res["speedup"] = dict(fwd=tn["fwd_ms"] / ours["fwd_ms"], step=tn["step_ms"] / ours["step_ms"],
                               step_rss_added=(ours["step_rss_added_mb"] / tn["step_rss_added_mb"]
                                               if tn["step_rss_added_mb"] > 0 else None))
