@@ -439,11 +439,10 @@ def torch_layer_runs(mods, x_host, first_needs_grad=False, device="cpu"):
             with torch.no_grad():
                 m(a)
 
-        bwd = None
-        if inputs and yg.requires_grad:
-            def bwd(yg=yg, inputs=inputs, dy=dy):
-                torch.autograd.grad(yg, inputs, grad_outputs=dy, retain_graph=True)
-        runs.append((fwd, bwd))
+        def bwd(yg=yg, inputs=inputs, dy=dy):
+            torch.autograd.grad(yg, inputs, grad_outputs=dy, retain_graph=True)
+
+        runs.append((fwd, bwd if inputs and yg.requires_grad else None))
         a = y
     return runs
 
