@@ -34,7 +34,8 @@ def _tiny_data(n=96, n_val=32):
 
 
 def _train(out, **kw):
-    args = dict(epochs=2, batch=16, backend="numpy", quiet=True, model_config=TINY, snapshots="1")
+    args = dict(epochs=2, batch=16, backend="numpy", quiet=True, model_config=TINY, snapshots="1",
+                lr_schedule="plateau")
     args.update(kw)
     data = args.pop("data", None) or _tiny_data()
     return train_model(data, out, **args)

@@ -65,8 +65,8 @@ DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
 #: Defaults of :func:`train_model` (and of ``zfscratch train``).
 DEFAULTS = dict(
     model="zfnet_small", model_config=None, input_size=None, resize=None, pad=0,
-    epochs=10, batch=64, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
-    lr_schedule="plateau", lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
+    epochs=4, batch=64, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
+    lr_schedule="cosine", lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
     seed=0, val_split=0.1, val_data=None, snapshots=DEFAULT_SNAPSHOTS, checkpoint_every=0,
     augment=("flip", "crop"), scale=1.0 / 64, mean="pixel", eval_batch=None,
 )
@@ -317,41 +317,44 @@ def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, back
 def _figure(w, h):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(w, h), dpi=100)
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def _save_fig(fig, path):
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")
     zio.atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_curve(history, path, title="training"):
-    """Loss and error (1 - accuracy) per epoch, train and validation; lr annealings marked."""
-    fig = _figure(10, 4)
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    """Loss, error (1 - accuracy) and learning rate per epoch; lr annealings marked (dotted)."""
+    from matplotlib.ticker import MaxNLocator
+    fig = _figure(13, 3.8)
+    ax1, ax2, ax3 = (fig.add_subplot(1, 3, k) for k in (1, 2, 3))
     ep = [h["epoch"] for h in history]
     ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy loss")
+    ax1.set_ylabel("cross-entropy loss")
     ax2.plot(ep, [100 * (1 - h["train_acc"]) for h in history], "o-", label="train (dropout, augmented)")
     ax2.plot(ep, [100 * (1 - h["val_acc"]) for h in history], "s-", label="validation top-1")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("error (%)")
-    for h in history:
-        if h.get("lr_annealed"):
-            for ax in (ax1, ax2):
-                ax.axvline(h["epoch"], color="grey", lw=0.8, ls=":")
-    from matplotlib.ticker import MaxNLocator
-    for ax in (ax1, ax2):
+    ax2.set_ylabel("error (%)")
+    ax3.plot(ep, [h["lr"] for h in history], "o-", color="tab:green")
+    ax3.set_ylabel("learning rate (last step of the epoch)")
+    ax3.set_ylim(bottom=0)
+    annealed = [h["epoch"] for h in history if h.get("lr_annealed")]
+    for ax in (ax1, ax2, ax3):
+        for e in annealed:
+            ax.axvline(e, color="grey", lw=0.8, ls=":")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.legend(), ax2.legend()
     if history:
         last = history[-1]
-        fig.suptitle(f"{title}: val acc {last['val_acc']:.2%} after {last['epoch']} epochs "
-                     f"({last['elapsed_s'] / 60:.1f} min wall; dotted lines: lr annealed)")
+        fig.suptitle(f"{title}: validation accuracy {last['val_acc']:.2%} after {last['epoch']} epochs "
+                     f"({last['elapsed_s'] / 60:.1f} min wall)" + ("; dotted: lr annealed on plateau" if annealed else ""))
     _save_fig(fig, path)
 
 
@@ -711,7 +714,9 @@ class Trainer:
         shared machine, cpu_s / cores approximates the wall time on an idle one."""
         return self.cpu_before + (time.process_time() - self.c0)
 
-    def _write_metrics(self):
+    def _write_metrics(self, final=False):
+        """metrics.csv and metrics.json every time; the curve at the end, and during the run at most
+        once a minute (drawing it costs about a second)."""
         buf = _io.StringIO()
         w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
@@ -728,7 +733,10 @@ class Trainer:
                    "best_val_acc": best["val_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
                    "elapsed_s": self._elapsed(), "history": self.history}
         zio.atomic_write_text(self.files["metrics_json"], json.dumps(_jsonable(summary), indent=1) + "\n")
-        plot_curve(self.history, self.files["curve"], title=f"{self.cfg['model']}")
+        now = time.perf_counter()
+        if final or now - getattr(self, "_curve_t", -1e9) >= 60:
+            plot_curve(self.history, self.files["curve"], title=f"{self.cfg['model']}")
+            self._curve_t = now
 
     def _emit(self, **event):
         if self.progress_cb is not None:
@@ -844,7 +852,7 @@ class Trainer:
         self._check_finite_params("writing the final weights")
         meta = self._weights_meta(self.epoch)
         zio.save_weights(self.files["weights"], self.net, meta=meta, extra=self._extra())
-        self._write_metrics()
+        self._write_metrics(final=True)
         last = self.history[-1] if self.history else {}
         result = {"out_dir": self.out_dir, **self.files,
                   "snapshot_files": [snapshot_path(self.out_dir, e) for e in self.cfg["snapshots"]
@@ -891,7 +899,7 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
         or a ``(train, val)`` pair of either; None with ``resume=True`` reuses the checkpoint's spec.
     out_dir : run directory (created; must not hold a run unless ``resume`` or ``overwrite``).
     model : "zfnet_small" (default), "zfnet", "alexnet_like".
-    epochs, batch, lr, seed : see :data:`DEFAULTS` (10, 64, 0.02, 0).
+    epochs, batch, lr, seed : see :data:`DEFAULTS` (4, 64, 0.02, 0).
     backend : "numpy" | "numba" | "cupy" | "auto" | None ($ZFSCRATCH_BACKEND or auto).
     snapshots : epochs whose weights are kept in ``snapshots/`` (e.g. ``(1, 2, 5, 10)``; 0 = the
         initial weights).
