@@ -60,7 +60,18 @@ def test_layer_flops_match_hand_count():
     assert bench.layer_flops(Linear(10, 4), (3, 10), (3, 4)) == (240.0, 480.0)
 
 
-def test_cli_json(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    """--threads changes process-wide settings (Numba's, the BLAS's): put them back afterwards."""
+    import numba
+    nb, blas = numba.get_num_threads(), bench.get_blas_threads()
+    yield
+    numba.set_num_threads(nb)
+    if blas is not None:
+        bench.set_blas_threads(blas)
+
+
+def test_cli_json(tmp_path, capsys, restore_threads):
     out = tmp_path / "sub" / "bench.json"
     rc = main(["bench", "--model", "zfnet_small", "--batch", "2", "--size", "32", "--repeats", "1",
                "--threads", "1", "--json", str(out)])
