@@ -372,15 +372,21 @@ class Linear(Layer):
     def forward(self, x, train=False):
         self._check_input(x, 2, self.in_f)
         self._x = x
-        y = x @ self.params["w"].T
+        y = self._mm(x, self.params["w"].T)
         y += self.params["b"]
         return y
 
+    def _mm(self, a, b):
+        """Matrix product through the backend's ``matmul`` when it has one (the numba backend splits
+        GEMMs over its own threads, avoiding OpenBLAS's spin-waiting threads), else ``@``."""
+        mm = getattr(self.backend.kernels, "matmul", None)
+        return mm(a, b) if mm is not None else a @ b
+
     def backward(self, dy):
         self._check_grad(dy, (self._x.shape[0], self.out_f))
-        self.grads["w"] += dy.T @ self._x
+        self.grads["w"] += self._mm(dy.T, self._x)
         self.grads["b"] += dy.sum(axis=0)
-        return dy @ self.params["w"]
+        return self._mm(dy, self.params["w"])
 
 
 class Dropout(Layer):
