@@ -65,7 +65,7 @@ DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
 #: Defaults of :func:`train_model` (and of ``zfscratch train``).
 DEFAULTS = dict(
     model="zfnet_small", model_config=None, input_size=None, resize=None, pad=0,
-    epochs=4, batch=64, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
+    epochs=4, batch=32, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
     lr_schedule="cosine", lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
     seed=0, val_split=0.1, val_data=None, snapshots=DEFAULT_SNAPSHOTS, checkpoint_every=0,
     augment=("flip", "crop"), scale=1.0 / 64, mean="pixel", eval_batch=None,
@@ -899,7 +899,7 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
         or a ``(train, val)`` pair of either; None with ``resume=True`` reuses the checkpoint's spec.
     out_dir : run directory (created; must not hold a run unless ``resume`` or ``overwrite``).
     model : "zfnet_small" (default), "zfnet", "alexnet_like".
-    epochs, batch, lr, seed : see :data:`DEFAULTS` (4, 64, 0.02, 0).
+    epochs, batch, lr, seed : see :data:`DEFAULTS` (4, 32, 0.02, 0).
     backend : "numpy" | "numba" | "cupy" | "auto" | None ($ZFSCRATCH_BACKEND or auto).
     snapshots : epochs whose weights are kept in ``snapshots/`` (e.g. ``(1, 2, 5, 10)``; 0 = the
         initial weights).
