@@ -10,7 +10,8 @@ and writes a *run directory*::
                                    only this file
     RUN_DIR/checkpoint.npz         everything needed to resume exactly (written atomically after every
                                    epoch and every ``checkpoint_every`` steps)
-    RUN_DIR/snapshots/epoch_0001.npz ...  weights at the chosen epochs (meta["epoch"]), for Fig 4
+    RUN_DIR/snapshots/epoch_0001.npz ...  weights at the chosen epochs and the last one (meta["epoch"]),
+                                   for Fig 4
     RUN_DIR/metrics.csv            one row per epoch (lr, train/val loss and accuracy, times)
     RUN_DIR/metrics.json           the same rows + run summary (config, data, best/final accuracy)
     RUN_DIR/curve.png              loss and error curves
@@ -436,7 +437,7 @@ def _jsonable(o):
 
 
 def _parse_snapshots(s):
-    if s is None:
+    if s is None or (isinstance(s, str) and s.strip().lower() in ("", "none")):
         return ()
     orig = s if isinstance(s, str) else ",".join(map(str, s))
     if isinstance(s, str):
@@ -837,8 +838,8 @@ class Trainer:
         self.history.append(row)
         self.epoch, self.pos = e, 0
         self.sums = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-        if e in self.cfg["snapshots"]:
-            self.save_snapshot(e)
+        if e in self.cfg["snapshots"] or (self.cfg["snapshots"] and e == self.cfg["epochs"]):
+            self.save_snapshot(e)  # the chosen epochs, and the last one (the evolution figure picks its maps there)
         self.save_checkpoint()
         self._write_metrics()
         if not self.quiet:
@@ -902,7 +903,7 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
     epochs, batch, lr, seed : see :data:`DEFAULTS` (4, 32, 0.02, 0).
     backend : "numpy" | "numba" | "cupy" | "auto" | None ($ZFSCRATCH_BACKEND or auto).
     snapshots : epochs whose weights are kept in ``snapshots/`` (e.g. ``(1, 2, 5, 10)``; 0 = the
-        initial weights).
+        initial weights); the last epoch is added unless this is empty.
     quiet : no progress bars or log lines.
     progress : callable(event dict) called after every step (``event="step"``), epoch
         (``"epoch"``, the metrics row) and at the end (``"done"``).

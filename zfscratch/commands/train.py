@@ -63,8 +63,8 @@ def register(sub):
                         f"validation split (default {D['val_split']})")
     p.add_argument("--val-data", default=None, help="separate validation dataset (same syntax as --data)")
     p.add_argument("--snapshots", default=None, metavar="E1,E2,...",
-                   help="epochs whose weights are kept in RUN_DIR/snapshots/ (default "
-                        f"{','.join(map(str, D['snapshots']))}; 0 = initial weights)")
+                   help="epochs whose weights are kept in RUN_DIR/snapshots/, plus the last epoch (default "
+                        f"{','.join(map(str, D['snapshots']))}; 0 = initial weights; 'none' for none)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                    help="also checkpoint every K steps (default: after every epoch only)")
     p.add_argument("--input-size", type=int, default=None,
