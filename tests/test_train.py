@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -221,40 +220,36 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path):
         train_model(_tiny_data(), tmp_path / "r", epochs=2, lr=0.5, resume=True, quiet=True)
 
 
-_KILL_SCRIPT = textwrap.dedent("""
-    import sys
-    from zfscratch.data.synthetic import SyntheticDataset
-    from zfscratch.train import train_model
-    out, backend, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    data = (SyntheticDataset(n=96, size=16, split="train"), SyntheticDataset(n=32, size=16, split="val"))
-    train_model(data, out, epochs=3, batch=16, backend=backend, quiet=True, checkpoint_every=4,
-                snapshots="1,2,3", model_config={"widths": [4, 4, 4, 4, 4], "fc": 16}, resume=resume)
-""")
+KILL_SPEC = "synthetic:n=96,n_val=32,size=16"
+KILL_ARGS = ["--epochs", "3", "--batch", "16", "--checkpoint-every", "4", "--snapshots", "1,2,3",
+             "--widths", "4,4,4,4,4", "--fc", "16", "--quiet"]
 
 
-def _run_kill_script(out, backend, resume, kill_at=None):
+def _cli_subprocess(argv, kill_at=None):
     env = dict(os.environ)
     env.pop("ZFSCRATCH_TEST_KILL_AT_STEP", None)
     if kill_at:
         env["ZFSCRATCH_TEST_KILL_AT_STEP"] = str(kill_at)
-    return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(out), backend, "1" if resume else "0"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "zfscratch", *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.mark.parametrize("backend", _backends())
 def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path, backend):
-    """SIGKILL during epoch 2 (step 10 of 18; last checkpoint at step 8), then --resume: the final
-    weights, snapshots and metrics equal those of an uninterrupted run."""
+    """``zfscratch train`` killed by SIGKILL during epoch 2 (step 10 of 18; last checkpoint at step 8),
+    then ``zfscratch train --out RUN --resume``: the final weights, snapshots and metrics equal those of
+    an uninterrupted run."""
+    from zfscratch.cli import main
     ref = tmp_path / "ref"  # the uninterrupted run, in this process (same backend and threads)
-    train_model(_tiny_data(), ref, epochs=3, batch=16, backend=backend, quiet=True, checkpoint_every=4,
-                snapshots="1,2,3", model_config=TINY)
+    assert main(["train", "--data", KILL_SPEC, "--out", str(ref), "--backend", backend, *KILL_ARGS]) == 0
     run = tmp_path / "run"
-    r = _run_kill_script(run, backend, False, kill_at=10)
+    r = _cli_subprocess(["train", "--data", KILL_SPEC, "--out", str(run), "--backend", backend, *KILL_ARGS],
+                        kill_at=10)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
     assert not (run / "weights.npz").exists()
     _, ck = load_checkpoint(run / "checkpoint.npz")
     assert (ck["epoch"], ck["pos"], ck["step"]) == (1, 2, 8)
-    r = _run_kill_script(run, backend, True)
+    r = _cli_subprocess(["train", "--out", str(run), "--resume", "--backend", backend, "--quiet"])
     assert r.returncode == 0, r.stderr
     for name in ("weights.npz", "snapshots/epoch_0001.npz", "snapshots/epoch_0002.npz", "snapshots/epoch_0003.npz"):
         wa, wb = _weights(ref / name), _weights(run / name)
@@ -262,6 +257,7 @@ def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path, backend):
             np.testing.assert_array_equal(wa[k], wb[k], err_msg=f"{name}:{k}")
     ha = json.loads((ref / "metrics.json").read_text())["history"]
     hb = json.loads((run / "metrics.json").read_text())["history"]
+    assert len(ha) == len(hb) == 3
     for a, b in zip(ha, hb):
         for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "step"):
             assert a[k] == b[k], (k, a, b)
