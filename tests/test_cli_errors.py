@@ -250,3 +250,10 @@ def test_console_script_prints_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("zfscratch: error:"), r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_unavailable_backend(capsys, out):
+    from zfscratch.backend import available_backends
+    if "cupy" in available_backends():
+        pytest.skip("a GPU is usable here")
+    _train_fails(capsys, out, "synthetic:n=20,size=16", "--backend", extra=["--backend", "cupy"])

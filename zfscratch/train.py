@@ -536,6 +536,8 @@ class Trainer:
         _check_options(cfg)
         self.cfg = cfg
         self.data_spec = data if isinstance(data, str) else None
+        from zfscratch.cli import resolve_backend
+        self.be = resolve_backend(backend)
 
         # data (loader errors surface here, before anything is written)
         self.train_ds, self.val_ds = resolve_data(data, cfg["val_data"], cfg["val_split"], cfg["seed"])
@@ -557,8 +559,6 @@ class Trainer:
         self.backend_name = backend
 
         check_writable_dir(self.out_dir)
-        from zfscratch.cli import resolve_backend
-        self.be = resolve_backend(backend)
 
         # preprocessing and model
         if ck_meta is not None:
