@@ -50,6 +50,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
+from . import reference as _reference
 from .reference import conv_output_size, pool_output_size
 
 NAME = "cpu"
@@ -1282,3 +1283,24 @@ def softmax_xent(logits, labels):
     logp = np.empty(n, np.float64)
     _softmax_xent(z, lab, probs, logp)
     return float(-logp.mean()), probs
+
+
+# ============================================================================= optimizer (optional extra)
+@njit(parallel=True, cache=True)
+def _sgd_update(p, g, v, lr, momentum, weight_decay):
+    for i in prange(p.size):
+        vi = momentum * v[i] - lr * (g[i] + weight_decay * p[i])
+        v[i] = vi
+        p[i] += vi
+
+
+def sgd_update(p, g, v, lr, momentum, weight_decay):
+    """One SGD-with-momentum step in place, fused into a single parallel pass (no temporaries).
+
+    ``v = momentum*v - lr*(g + weight_decay*p)``; ``p += v``. p, g, v : contiguous, same shape/dtype.
+    Same contract as ``reference.sgd_update``.
+    """
+    if not (p.flags.c_contiguous and g.flags.c_contiguous and v.flags.c_contiguous):
+        return _reference.sgd_update(p, g, v, lr, momentum, weight_decay)
+    t = p.dtype.type
+    _sgd_update(p.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum), t(weight_decay))

@@ -268,3 +268,14 @@ def softmax_xent(logits, labels):
     n = logits.shape[0]
     logp = z[np.arange(n), labels] - np.log(s[:, 0])
     return float(-logp.mean()), probs
+
+
+# ----------------------------------------------------------------------------- optimizer (optional extra)
+def sgd_update(p, g, v, lr, momentum, weight_decay):
+    """One SGD-with-momentum step in place (not part of the layer contract; used by ``optim.SGD``).
+
+    ``v = momentum*v - lr*(g + weight_decay*p)``; ``p += v``. p, g, v : same shape and dtype.
+    """
+    v *= momentum
+    v -= lr * (g + weight_decay * p) if weight_decay else lr * g
+    p += v

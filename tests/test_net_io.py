@@ -174,3 +174,19 @@ def test_schedules():
     assert opt.lr == pytest.approx(0.05)
     step.step(3)
     assert opt.lr == pytest.approx(0.005)
+
+
+def test_fused_sgd_update_matches_reference():
+    from zfscratch.kernels import reference as R
+    cpu = pytest.importorskip("zfscratch.kernels.cpu")
+    rng = np.random.default_rng(0)
+    for dt, tol in ((np.float32, 1e-6), (np.float64, 1e-14)):
+        p, g, v = (rng.standard_normal((7, 13)).astype(dt) for _ in range(3))
+        p2, g2, v2 = p.copy(), g.copy(), v.copy()
+        R.sgd_update(p, g, v, 0.1, 0.9, 5e-4)
+        cpu.sgd_update(p2, g2, v2, 0.1, 0.9, 5e-4)
+        np.testing.assert_allclose(p2, p, rtol=tol, atol=tol)
+        np.testing.assert_allclose(v2, v, rtol=tol, atol=tol)
+        R.sgd_update(p, g, v, 0.1, 0.9, 0.0)
+        cpu.sgd_update(p2, g2, v2, 0.1, 0.9, 0.0)
+        np.testing.assert_allclose(p2, p, rtol=tol, atol=tol)

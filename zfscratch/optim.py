@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from zfscratch.kernels.reference import sgd_update as _reference_update
+
 
 class SGD:
     """Stochastic gradient descent with momentum (DESIGN §4).
@@ -32,14 +34,11 @@ class SGD:
 
     def step(self):
         """Apply one update with the accumulated gradients (does not zero them)."""
+        # the backend's fused update when it has one (numba: one parallel pass, no temporaries)
+        update = getattr(self.net.backend.kernels, "sgd_update", None) or _reference_update
         for (name, p), g, v in zip(self.net.params(), self.net.grads(), self.velocity):
             decay = self.weight_decay if name.endswith(".w") else 0.0
-            v *= self.momentum
-            if decay:
-                v -= self.lr * (g + decay * p)
-            else:
-                v -= self.lr * g
-            p += v
+            update(p, g, v, self.lr, self.momentum, decay)
         if self.renorm_rms is not None:
             for w in self._conv_weights():
                 renormalize_filters(w, self.renorm_rms, self.net.backend.xp)
