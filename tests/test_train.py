@@ -309,3 +309,54 @@ def test_cosine_schedule(tmp_path):
     assert [h["lr"] for h in a["history"]] == [cosine_lr(0.02, 5, 12), cosine_lr(0.02, 11, 12)]
     with pytest.raises(UserError, match="lr_schedule"):
         train_model(_tiny_data(), tmp_path / "a", epochs=3, lr_schedule="plateau", resume=True, quiet=True)
+
+
+# =============================================================================== real photos
+CIFAR_JPG = "/work/shared/data/cifar10-jpg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    """A small image folder (train/ and test/, 10 classes) cut from the real CIFAR-10 JPEG archive."""
+    import tarfile
+    if not os.path.isfile(CIFAR_JPG):
+        pytest.skip(f"{CIFAR_JPG} is not available")
+    root = tmp_path_factory.mktemp("cifar_small")
+    want = {"train": 8, "test": 3}
+    counts = {}
+    with tarfile.open(CIFAR_JPG, "r:gz") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 4 or parts[1] not in want or not parts[3].endswith(".jpg"):
+                continue
+            key = (parts[1], parts[2])
+            if counts.get(key, 0) >= want[parts[1]]:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            dest = root / parts[1] / parts[2]
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / parts[3]).write_bytes(tar.extractfile(m).read())
+            if len(counts) == 20 and all(counts[k] >= want[k[0]] for k in counts):
+                break
+    return root
+
+
+def test_real_photos_train_and_evaluate(tmp_path, cifar_folder):
+    """folder:PATH end to end on real JPEGs: 32x32 model (conv1 5x5 stride 1), pad-and-crop + flip,
+    held-out validation, then ``zfscratch evaluate`` on the test split."""
+    from zfscratch.cli import main
+    run = tmp_path / "run"
+    rc = main(["train", "--data", f"folder:{cifar_folder}", "--out", str(run), "--backend", "numpy",
+               "--input-size", "32", "--conv1", "5,1,2", "--widths", "4,4,4,4,4", "--fc", "16", "--pad", "4",
+               "--epochs", "1", "--batch", "16", "--val-split", "0.25", "--quiet"])
+    assert rc == 0
+    net, meta = zio.load_weights(run / "weights.npz")
+    assert meta["classes"][:2] == ["airplane", "automobile"] and len(meta["classes"]) == 10
+    assert net.config["conv1"] == [5, 1, 2] and meta["preprocessing"]["pad"] == 4
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["n_train"] == 60 and summary["n_val"] == 20
+    assert main(["evaluate", "--weights", str(run / "weights.npz"), "--data", f"folder:{cifar_folder}",
+                 "--split", "test", "--backend", "numpy", "--quiet"]) == 0
+    ev = json.loads((run / "evaluation_test.json").read_text())
+    assert ev["n"] == 30 and np.array(ev["confusion"]).sum() == 30
+    assert (run / "confusion_test.png").is_file()
