@@ -312,7 +312,9 @@ def test_cosine_schedule(tmp_path):
 
 
 # =============================================================================== real photos
-CIFAR_JPG = "/work/shared/data/cifar10-jpg.tar.gz"
+# ../shared/data beside the repository (CI lays a copy of shared/ next to its clone)
+CIFAR_JPG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         "shared", "data", "cifar10-jpg.tar.gz")
 
 
 @pytest.fixture(scope="module")
