@@ -59,33 +59,30 @@ def set_blas_threads(n):
     ok = False
     names = ("openblas_set_num_threads", "openblas_set_num_threads64_", "scipy_openblas_set_num_threads64_",
              "scipy_openblas_set_num_threads", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
+    for fn in _blas_functions(names):
+        fn(ctypes.c_int(int(n)))
+        ok = True
+    return ok
+
+
+def _blas_functions(names):
+    """For each of NumPy's BLAS libraries that loads, the first function of ``names`` it exports."""
     for path in _blas_libraries():
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(int(n)))
-                ok = True
-                break
-    return ok
+        fn = next((getattr(lib, name) for name in names if hasattr(lib, name)), None)
+        if fn is not None:
+            yield fn
 
 
 def get_blas_threads():
     """Thread count of NumPy's BLAS (None when it cannot be asked)."""
     names = ("openblas_get_num_threads", "openblas_get_num_threads64_", "scipy_openblas_get_num_threads64_",
              "scipy_openblas_get_num_threads", "MKL_Get_Max_Threads")
-    for path in _blas_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                return int(fn())
+    for fn in _blas_functions(names):
+        return int(fn())
     return None
 
 
