@@ -89,8 +89,8 @@ def test_conv(k, s, p, n, dtype):
 def test_conv_batch_folding(monkeypatch, target):
     """One image per GEMM, ragged chunks of images, and the whole batch in one GEMM agree."""
     hw = 7 * 7
-    monkeypatch.setattr(cpu, "_TARGET_COLS", target * hw)
-    monkeypatch.setattr(cpu, "_CHUNK_BYTES", 0)
+    monkeypatch.setattr(cpu.conv, "_TARGET_COLS", target * hw)
+    monkeypatch.setattr(cpu.conv, "_CHUNK_BYTES", 0)
     rng = np.random.default_rng(target)
     x = _rand(rng, (5, 4, 13, 13), np.float32)
     wt = _rand(rng, (6, 4, 3, 3), np.float32)
@@ -110,8 +110,8 @@ def test_conv_batch_folding(monkeypatch, target):
 @pytest.mark.parametrize("n,h,w,tiles", [(1, 13, 13, 1024), (3, 8, 11, 1024), (5, 7, 6, 20)])
 def test_conv_winograd(monkeypatch, p, n, h, w, tiles, dtype):
     """3x3 stride-1 layers take the Winograd F(2x2, 3x3) path; odd sizes, ragged chunks of images."""
-    monkeypatch.setattr(cpu, "_WINOGRAD_MIN_CHANNELS", 4)
-    monkeypatch.setattr(cpu, "_WINO_TARGET_TILES", tiles)
+    monkeypatch.setattr(cpu.winograd, "_WINOGRAD_MIN_CHANNELS", 4)
+    monkeypatch.setattr(cpu.winograd, "_WINO_TARGET_TILES", tiles)
     rng = np.random.default_rng(n * 10 + p)
     x = _rand(rng, (n, 5, h, w), dtype)
     wt = _rand(rng, (6, 5, 3, 3), dtype)

@@ -12,7 +12,7 @@ def _numba_or_skip():
     try:
         from zfscratch.backend import get_backend
         return get_backend("numba")
-    except Exception as e:  # kernels/cpu.py or numba missing
+    except Exception as e:  # kernels/cpu/ or numba missing
         pytest.skip(f"numba backend not available: {e}")
 
 
