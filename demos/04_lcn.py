@@ -1,88 +1,74 @@
-"""Local contrast normalization across feature maps (the paper's "normalizes responses across maps").
+"""Local contrast normalization (LCN, Jarrett et al. 2009): a subtractive and a divisive step across maps.
 
-scale = k + alpha/size * sum of x^2 over `size` neighbouring channels; y = x * scale^-beta.
-Shows: one value computed by hand against the kernel, how a strong neighbour suppresses a channel
-(with exaggerated alpha, so it is visible; ZFNet's alpha=1e-4 acts only on large activations), the
-saturating input/output curve, that ZFNet's setting is almost the identity on small inputs, and a
-float64 gradient check of the layer.
+v = x - (Gaussian-weighted local mean over space, summed across all maps);
+y = v / max(c, sigma), sigma = sqrt(Gaussian-weighted local mean of v^2), c = mean of sigma (per image).
+Shows: the subtractive step removing a local mean shared by all maps, the divisive step equalizing a
+low- and a high-contrast region, one value by hand against the kernel, how it differs from the
+cross-channel LRN of demos/04_lrn.py, and a float64 gradient check through both max switches.
 """
 import numpy as np
 
 import _common as C
-from zfscratch.layers import LocalContrastNorm
+from zfscratch.kernels.reference import gaussian_window
+from zfscratch.layers import LocalContrastNorm, LocalResponseNorm
 
 
 def main(argv=None):
     args = C.parse_args(__doc__, argv)
     be, rng = args.be, args.rng
-    C.title("Local contrast (response) normalization across channels")
+    C.title("Local contrast normalization (subtractive + divisive) across maps")
 
-    size, alpha, beta, k = 5, 1.0, 0.75, 1.0   # exaggerated alpha for the picture
-    lcn = LocalContrastNorm(size, alpha, beta, k, name="norm").set_backend(be)
-    c = 9
-    x = np.full((1, c, 1, 1), 1.0, np.float32)
-    x[0, 4, 0, 0] = 6.0     # one strong channel in the middle
+    n = 24 if args.fast else 40
+    # two maps sharing a brightness ramp; the left half has weak texture, the right half strong
+    yy, xx = np.mgrid[:n, :n] / n
+    ramp = 3.0 * xx + 1.0
+    tex = rng.standard_normal((2, n, n))
+    gain = np.where(xx < 0.5, 0.2, 2.0)
+    x = (ramp + gain * tex)[None].astype(np.float32)            # (1, 2, n, n)
+    lcn = LocalContrastNorm(size=7, sigma=2.0, floor=1e-4, name="norm").set_backend(be)
     y = C.host(be, lcn.forward(be.to_device(x)))
-    C.section(f"9 channels at one pixel, all 1.0 except channel 4 = 6.0 (size={size}, alpha={alpha}, "
-              f"beta={beta}, k={k})")
-    C.show("  x", x[0, :, 0, 0], "{:6.3f}")
-    C.show("  y", y[0, :, 0, 0], "{:6.3f}")
-    print("  channels 2..6 (the strong one is in their window) drop to 0.19; channels 0, 1, 7, 8 see only")
-    print("  ordinary neighbours and stay near 0.7 (the edges see fewer channels: zero padding).")
+    v, sig = (C.host(be, a) for a in lcn._cache[1:3])
 
-    C.section("one value by hand, channel 2 (window = channels 0..4)")
-    s = k + alpha / size * float((x[0, 0:5, 0, 0] ** 2).sum())
-    print(f"  scale = {k} + {alpha}/{size} * (1+1+1+1+36) = {s:.3f};  y = 1 * scale^-{beta} = "
-          f"{s ** -beta:.6f}  (kernel: {y[0, 2, 0, 0]:.6f})")
-    assert abs(s ** -beta - y[0, 2, 0, 0]) < 1e-5
+    C.section(f"two {n}x{n} maps: a shared ramp (mean 1 -> 4) plus texture of std 0.2 (left) and 2.0 (right)")
+    left, right = (slice(None), slice(3, n // 2 - 3)), (slice(None), slice(n // 2 + 3, n - 3))
+    print(f"  input:       mean {x.mean():.3f}; texture std left {x[0][:, left[0], left[1]].std():.3f}, "
+          f"right {x[0][:, right[0], right[1]].std():.3f}")
+    print(f"  subtractive: mean of v {v.mean():+.3f} (the ramp is gone)")
+    print(f"  divisive:    std of y left {y[0][:, left[0], left[1]].std():.3f}, right "
+          f"{y[0][:, right[0], right[1]].std():.3f} (right is divided by its own sigma; left by the mean "
+          f"sigma c = {float(sig.mean()):.3f}, so weak texture stays weak)")
 
-    C.section("ZFNet's setting (size 5, alpha 1e-4, beta 0.75, k 2): y ~ x / 2^0.75 for ordinary inputs")
-    z = LocalContrastNorm().set_backend(be)
-    xs = rng.standard_normal((1, 16, 4, 4)).astype(np.float32)
-    ys = C.host(be, z.forward(be.to_device(xs)))
-    ratio = ys / xs
-    print(f"  y/x ranges over [{ratio.min():.5f}, {ratio.max():.5f}]; 2^-0.75 = {2 ** -0.75:.5f}")
-    big = xs * 100
-    yb = C.host(be, z.forward(be.to_device(big)))
-    rb = yb / big
-    print(f"  with inputs 100x larger: y/x in [{rb.min():.5f}, {rb.max():.5f}] (large responses get damped)")
+    C.section("one value by hand at the centre pixel (window 7x7, Gaussian sigma 2, 2 maps)")
+    g = np.outer(gaussian_window(7, 2.0), gaussian_window(7, 2.0))
+    i = j = n // 2
+    patch = x[0, :, i - 3:i + 4, j - 3:j + 4].astype(np.float64)
+    m = float((g * patch.sum(axis=0)).sum()) / 2          # weights sum to 1 over the window and the 2 maps
+    print(f"  local mean m = sum w * x = {m:.5f};  v[0] = x - m = {x[0, 0, i, j] - m:.5f} "
+          f"(kernel: {v[0, 0, i, j]:.5f})")
+    assert abs((x[0, 0, i, j] - m) - v[0, 0, i, j]) < 1e-4
 
-    C.section("gradients")
-    g = LocalContrastNorm(5, 1e-4, 0.75, 2.0, name="norm").set_backend(be)
-    C.gradcheck(g, be.to_device(rng.standard_normal((2, 7, 4, 3)), np.float64), rng, "LCN 5 (ZFNet)")
-    g = LocalContrastNorm(3, 2.0, 0.75, 1.0, name="norm").set_backend(be)
-    C.gradcheck(g, be.to_device(rng.standard_normal((2, 7, 4, 3)), np.float64), rng, "LCN 3, alpha 2")
+    C.section("LRN vs LCN on the same maps")
+    lrn = LocalResponseNorm().set_backend(be)
+    yr = C.host(be, lrn.forward(be.to_device(x)))
+    print(f"  LRN (ZFNet's 5, 1e-4, 0.75, 2): y/x in [{(yr / x).min():.4f}, {(yr / x).max():.4f}] "
+          "— a per-pixel rescaling across channels; the ramp stays")
+    print(f"  LCN: output mean {y.mean():+.4f}, std {y.std():.3f} — the ramp is removed and contrast equalized")
+
+    C.section("gradients (random inputs keep sigma away from the max kinks)")
+    g64 = LocalContrastNorm(3, 1.0, 1e-4, name="norm").set_backend(be)
+    C.gradcheck(g64, be.to_device(rng.standard_normal((2, 4, 6, 5)), np.float64), rng, "LCN 3, sigma 1")
+    g64 = LocalContrastNorm(5, 1.5, 1e-4, name="norm").set_backend(be)
+    C.gradcheck(g64, be.to_device(rng.standard_normal((1, 3, 7, 8)), np.float64), rng, "LCN 5, sigma 1.5")
 
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    ax = axes[0]
-    idx = np.arange(c)
-    ax.bar(idx - 0.2, x[0, :, 0, 0], 0.4, label="x")
-    ax.bar(idx + 0.2, y[0, :, 0, 0], 0.4, label="y")
-    ax.set_xlabel("channel")
-    ax.set_title("a strong channel suppresses its neighbours", fontsize=9)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    t = np.linspace(0, 20 if not args.fast else 10, 200).astype(np.float32)
-    for a in (1e-4, 1e-2, 1.0):
-        m = LocalContrastNorm(5, a, 0.75, 2.0).set_backend(be)
-        inp = np.zeros((1, 5, 1, t.size), np.float32)
-        inp[0, 2, 0] = t
-        ax.plot(t, C.host(be, m.forward(be.to_device(inp)))[0, 2, 0], label=f"alpha={a:g}")
-    ax.set_xlabel("x (single active channel)")
-    ax.set_ylabel("y")
-    ax.set_title("input/output curve (size 5, beta 0.75, k 2)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    maps = rng.gamma(1.0, 1.0, size=(1, 6, 12, 12)).astype(np.float32)
-    maps[0, 2, 3:9, 3:9] += 6
-    yy = C.host(be, lcn.forward(be.to_device(maps)))
-    ax.plot(maps[0, :, 6, 6], "o-", label="x at pixel (6,6)")
-    ax.plot(yy[0, :, 6, 6], "s-", label="y at pixel (6,6)")
-    ax.set_xlabel("channel")
-    ax.set_title("per pixel, across 6 maps (alpha=1)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.suptitle("Local contrast normalization across feature maps")
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
+    panels = [(x[0, 0], "input map 0 (ramp + texture)"), (v[0, 0], "after the subtractive step"),
+              (sig[0], "local sigma (divisor where > c)"), (y[0, 0], "output map 0")]
+    for ax, (a, t) in zip(axes, panels):
+        im = C.imshow_map(ax, a, t)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Local contrast normalization: subtract the local mean, divide by the local std "
+                 "(floored at its mean)")
     C.save(fig, args, "04_lcn.png")
 
 

@@ -66,7 +66,7 @@ def main(argv=None):
         if name not in deconv.projectable_layers(net):
             break
         line.append(f"{name} {shape[1:]}")
-        if net.layer(name).kind in ("LocalContrastNorm", "MaxPool2d") and not name.startswith("pool1") \
+        if net.layer(name).kind in ("LocalResponseNorm", "LocalContrastNorm", "MaxPool2d") and not name.startswith("pool1") \
                 and not name.startswith("pool2"):
             print("  " + "  ".join(line))
             line = []

@@ -13,6 +13,7 @@ CONTRACT = (
     "maxpool_forward", "maxpool_backward",
     "relu_forward", "relu_backward",
     "lrn_forward", "lrn_backward",
+    "lcn_forward", "lcn_backward",
     "softmax_xent",
 )
 

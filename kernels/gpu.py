@@ -48,6 +48,7 @@ try:
 except Exception as e:  # ImportError, or a broken CUDA install raising something else on import
     raise ImportError(f"the gpu kernels need CuPy ({type(e).__name__}: {e})") from e
 
+from zfscratch.kernels import reference as _reference
 from zfscratch.kernels.reference import conv_output_size, pool_output_size
 
 NAME = "gpu"
@@ -737,6 +738,32 @@ def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
         dy, x, y, scale, dx, _i(c), _i(h * w), _i(size), _scalar(dt, 2.0 * alpha * beta / size),
         _scalar(dt, beta), _ll(dy.size)))
     return dx
+
+
+# ============================================================================== LCN
+def _lcn_check(x, size):
+    if x.ndim != 4:
+        raise ValueError(f"lcn: expected (N, C, H, W), got {tuple(x.shape)}")
+    size = _check_int("size", size, 1)
+    if size % 2 == 0 or size > min(x.shape[2], x.shape[3]):
+        raise ValueError(f"lcn: window {size} must be odd and fit the {x.shape[2]}x{x.shape[3]} maps")
+    return size
+
+
+def lcn_forward(x, size, sigma, floor):
+    """Local contrast normalization, as CuPy array operations on the reference formulas (no custom
+    kernel yet: the windowed means are ``size**2`` shifted adds over (N, H, W) planes, C times smaller
+    than the maps). x (N, C, H, W) -> y, v (N, C, H, W), sig (N, H, W), mean_sig (N,)."""
+    x = _dev(x)
+    return _reference.lcn_forward(x, _lcn_check(x, size), sigma, floor, xp=cupy)
+
+
+def lcn_backward(dy, v, sig, mean_sig, size, sigma, floor):
+    """Gradient of :func:`lcn_forward` w.r.t. x -> dx (N, C, H, W)."""
+    dy = _dev(dy)
+    dt = dy.dtype
+    return _reference.lcn_backward(dy, _dev(v, dt), _dev(sig, dt), _dev(mean_sig, dt), _lcn_check(dy, size),
+                                   sigma, floor, xp=cupy)
 
 
 # ============================================================================== softmax

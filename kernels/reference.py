@@ -13,6 +13,11 @@ Conventions (DESIGN §4)
   flat indices ``h * W + w`` into each (n, c) input plane.
 * LRN is cross-channel: ``scale = k + alpha/size * sum_{c' in window(c)} x_{c'}^2`` and
   ``y = x * scale**-beta``, window ``[c - size//2, c + (size-1)//2]`` clipped to the channels.
+* LCN (local contrast normalization, Jarrett et al. 2009) is spatial and across all maps: a
+  subtractive step ``v = x - A(sum_c x) / C`` then a divisive step ``y = v / max(c, sigma)`` with
+  ``sigma = sqrt(A(sum_c v^2) / C)`` and ``c = max(mean_ij sigma, floor)`` per image. ``A`` is a
+  Gaussian-weighted mean over a ``size x size`` window (odd size), zero outside the map and
+  renormalized by the weight that falls inside it (border-corrected).
 """
 from __future__ import annotations
 
@@ -245,6 +250,102 @@ def lrn_backward(dy, x, y, scale, size, alpha, beta, k):
     t = _window_sum(dy * y / scale, (size - 1) // 2, size // 2)
     dx = dy * scale ** -beta - (2.0 * alpha * beta / size) * x * t
     return dx.astype(dy.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- LCN
+def gaussian_window(size, sigma):
+    """Normalized 1-D Gaussian weights ``(size,)`` float64 (odd ``size``), summing to one.
+
+    The 2-D window of :func:`lcn_forward` is the outer product of this with itself.
+    """
+    r = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-0.5 * (r / sigma) ** 2)
+    return g / g.sum()
+
+
+def _window_sum2d(a, g2, xp=np):
+    """``out[n, i, j] = sum_{p,q} g2[p, q] * a[n, i+p-r, j+q-r]``, zero outside. a (N, H, W), g2 (s, s) host."""
+    s = g2.shape[0]
+    r = s // 2
+    n, h, w = a.shape
+    ap = xp.zeros((n, h + 2 * r, w + 2 * r), dtype=a.dtype)
+    ap[:, r:r + h, r:r + w] = a
+    out = xp.zeros_like(a)
+    for p in range(s):
+        for q in range(s):
+            out += float(g2[p, q]) * ap[:, p:p + h, q:q + w]
+    return out
+
+
+def _lcn_window(size, sigma, h, w, dtype, xp):
+    """The 2-D Gaussian window ``(size, size)`` (host) and its in-map weight ``den (1, H, W)`` (border correction)."""
+    g = gaussian_window(size, sigma)
+    g2 = np.outer(g, g)
+    den = _window_sum2d(xp.ones((1, h, w), dtype), g2, xp)
+    return g2, den
+
+
+def lcn_forward(x, size, sigma, floor, xp=np):
+    """Local contrast normalization (subtractive, then divisive), across all maps.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float
+    size : int, odd side of the Gaussian window, at most min(H, W)
+    sigma : float > 0, the Gaussian's standard deviation in pixels
+    floor : float > 0, lower bound of the per-image divisor ``c``
+    xp : the array module (NumPy here; the CuPy backend passes ``cupy``)
+
+    Returns
+    -------
+    y : (N, C, H, W) float, ``v / max(c, sig)``
+    v : (N, C, H, W) float, ``x - A(sum_c x) / C`` (the subtractive step)
+    sig : (N, H, W) float, ``sqrt(A(sum_c v^2) / C)``
+    mean_sig : (N,) float, ``mean_ij sig`` (``c = max(mean_sig, floor)``)
+    """
+    n, c, h, w = x.shape
+    g2, den = _lcn_window(size, sigma, h, w, x.dtype, xp)
+    m = _window_sum2d(x.sum(axis=1), g2, xp) / den / c
+    v = (x - m[:, None]).astype(x.dtype, copy=False)
+    sig = xp.sqrt(_window_sum2d((v * v).sum(axis=1), g2, xp) / den / c).astype(x.dtype, copy=False)
+    mean_sig = sig.mean(axis=(1, 2)).astype(x.dtype)
+    d = xp.maximum(xp.maximum(mean_sig, floor)[:, None, None], sig)
+    return (v / d[:, None]).astype(x.dtype, copy=False), v, sig, mean_sig
+
+
+def lcn_backward(dy, v, sig, mean_sig, size, sigma, floor, xp=np):
+    """Gradient of :func:`lcn_forward` with respect to x.
+
+    The divisor ``d = max(c, sig)`` routes its gradient to ``sig[i, j]`` where ``sig > c`` and to
+    ``c`` elsewhere; ``c = max(mean_sig, floor)`` passes it on to every ``sig`` (divided by H*W)
+    only where ``mean_sig > floor``. Where ``sig == 0`` its square root has no finite derivative and
+    the gradient through it is taken as zero.
+
+    Parameters
+    ----------
+    dy, v : (N, C, H, W) float; sig : (N, H, W) float; mean_sig : (N,) float; xp : array module
+
+    Returns
+    -------
+    dx : (N, C, H, W) float
+    """
+    n, c, h, w = dy.shape
+    g2, den = _lcn_window(size, sigma, h, w, dy.dtype, xp)
+    cc = xp.maximum(mean_sig, floor)[:, None, None]
+    d = xp.maximum(cc, sig)
+    dv = dy / d[:, None]
+    dd = -(dy * v).sum(axis=1) / (d * d)
+    use_sig = sig > cc
+    dsig = xp.where(use_sig, dd, 0)
+    dc = xp.where(use_sig, 0, dd).sum(axis=(1, 2))
+    dc = xp.where(mean_sig > floor, dc, 0)
+    dsig = dsig + dc[:, None, None] / (h * w)
+    safe = xp.where(sig > 0, sig, 1)
+    dsig2 = xp.where(sig > 0, dsig / (2 * safe), 0)
+    dq = _window_sum2d(dsig2 / den, g2, xp) / c   # adjoint of A: the window is symmetric
+    dv = dv + 2 * v * dq[:, None]
+    dm = _window_sum2d(dv.sum(axis=1) / den, g2, xp) / c
+    return (dv - dm[:, None]).astype(dy.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------- softmax

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from zfscratch import deconv
-from zfscratch.layers import Conv2d, LocalContrastNorm, MaxPool2d, ReLU
+from zfscratch.layers import Conv2d, LocalResponseNorm, MaxPool2d, ReLU
 from zfscratch.models import build_model, zfnet_small
 from zfscratch.net import Sequential
 
@@ -146,7 +146,7 @@ def test_lcn_layers_are_passed_through():
         layers = [Conv2d(3, 8, 3, 1, 1, name="conv1", rng=rng, dtype=np.float64), ReLU(name="relu1"),
                   MaxPool2d(3, 2, name="pool1")]
         if with_norm:
-            layers.append(LocalContrastNorm(5, alpha=0.5, beta=0.75, k=1.0, name="norm1"))
+            layers.append(LocalResponseNorm(5, alpha=0.5, beta=0.75, k=1.0, name="norm1"))
         layers += [Conv2d(8, 6, 3, 1, 1, name="conv2", rng=rng, dtype=np.float64), ReLU(name="relu2")]
         return Sequential(layers)
 

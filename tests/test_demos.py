@@ -11,7 +11,7 @@ DEMOS = sorted(f for f in os.listdir(DEMOS_DIR) if f[:2].isdigit() and f.endswit
 
 
 def test_every_layer_has_a_demo():
-    expected = ["01_conv.py", "02_relu.py", "03_maxpool.py", "04_lcn.py", "05_fc_softmax.py", "06_sgd.py",
+    expected = ["01_conv.py", "02_relu.py", "03_maxpool.py", "04_lrn.py", "04_lcn.py", "05_fc_softmax.py", "06_sgd.py",
                 "07_deconvnet.py", "08_occlusion.py"]
     assert [d for d in expected if d not in DEMOS] == []
 

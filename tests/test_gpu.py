@@ -484,6 +484,22 @@ def test_lrn_matches_reference(impl, size, alpha, beta, k, c, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size,sigma,floor,shape", [(3, 1.0, 1e-4, (2, 5, 6, 7)), (5, 1.5, 1e-4, (1, 3, 7, 9)),
+                                                    (3, 1.0, 10.0, (2, 2, 5, 5)), (1, 1.0, 1e-4, (2, 3, 1, 1))])
+def test_lcn_matches_reference(impl, size, sigma, floor, shape, dtype):
+    rng = np.random.default_rng(size + shape[1])
+    x = rng.standard_normal(shape).astype(dtype)
+    want = ref.lcn_forward(x, size, sigma, floor)
+    got = impl.mod.lcn_forward(impl.dev(x), size, sigma, floor)
+    for g, w, what in zip(got, want, ("y", "v", "sig", "mean_sig")):
+        assert g.dtype == dtype
+        assert_close(g, w, dtype, f"lcn {what}")
+    dy = rng.standard_normal(shape).astype(dtype)
+    assert_close(impl.mod.lcn_backward(impl.dev(dy), *got[1:], size, sigma, floor),
+                 ref.lcn_backward(dy, *want[1:], size, sigma, floor), dtype, "lcn dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,scale", [(5, 7, 1.0), (3, 1000, 3.0), (1, 2, 50.0), (4, 10, 1e3)])
 def test_softmax_xent_matches_reference(impl, n, k, scale, dtype):
     rng = np.random.default_rng(n + k)

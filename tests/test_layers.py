@@ -4,7 +4,7 @@ import pytest
 
 from zfscratch import gradcheck
 from zfscratch.kernels import reference as R
-from zfscratch.layers import Conv2d, Linear, LocalContrastNorm, MaxPool2d, ReLU, SoftmaxCrossEntropy
+from zfscratch.layers import Conv2d, Linear, LocalResponseNorm, MaxPool2d, ReLU, SoftmaxCrossEntropy
 
 CASE_NAMES = [name for name, _ in gradcheck.cases("numpy")]
 
@@ -127,4 +127,4 @@ def test_shape_errors_name_the_layer():
 def test_relu_and_lcn_layers_keep_float32():
     x = np.random.default_rng(0).standard_normal((2, 6, 5, 5)).astype(np.float32)
     assert ReLU().forward(x).dtype == np.float32
-    assert LocalContrastNorm().forward(x).dtype == np.float32
+    assert LocalResponseNorm().forward(x).dtype == np.float32

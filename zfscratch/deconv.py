@@ -21,7 +21,8 @@ contract (DESIGN §3, §6), so it runs on every backend (numpy, numba, cupy):
                         forward activation)
    Conv2d               filter with the transposed weights: ``Conv2d.backward_data``
                         (``conv2d_backward_data``); biases are not used
-   LocalContrastNorm    passed through unchanged
+   LocalResponseNorm    passed through unchanged (paper §2.1: the normalization is not inverted)
+   LocalContrastNorm    passed through unchanged, likewise
    Dropout              identity (evaluation)
    ===================  =====================================================================
 
@@ -45,7 +46,7 @@ import re
 import numpy as np
 
 #: layer kinds the DeconvNet can walk through
-PROJECTABLE_KINDS = ("Conv2d", "ReLU", "MaxPool2d", "LocalContrastNorm", "Dropout")
+PROJECTABLE_KINDS = ("Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm", "LocalContrastNorm", "Dropout")
 
 #: default working-set budget of one projection pass, in array elements (float32: 4 bytes each)
 ROW_BUDGET = 1 << 25
@@ -194,7 +195,7 @@ def _walk_down(net, r, rec, rows):
             r = kern.relu_forward(r)
         elif l.kind == "Conv2d":
             r = l.backward_data(r, in_shape)
-        elif l.kind in ("LocalContrastNorm", "Dropout"):
+        elif l.kind in ("LocalResponseNorm", "LocalContrastNorm", "Dropout"):  # both norms pass through (§2.1)
             pass
         else:  # pragma: no cover - excluded by layer_name
             raise ValueError(f"layer {l.name} ({l.kind}) cannot be projected")

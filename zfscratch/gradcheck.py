@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from zfscratch.backend import get_backend
-from zfscratch.layers import (Conv2d, Dropout, Flatten, Linear, LocalContrastNorm, MaxPool2d, ReLU,
+from zfscratch.layers import (Conv2d, Dropout, Flatten, Linear, LocalContrastNorm, LocalResponseNorm, MaxPool2d, ReLU,
                               SoftmaxCrossEntropy)
 from zfscratch.net import Sequential
 
@@ -109,7 +109,7 @@ def check_layer(layer, x, rng, **kw):
 def _small_net(backend, rng):
     layers = [Conv2d(3, 4, 3, stride=1, pad=1, name="conv1", init_std=0.3, rng=rng, dtype=np.float64),
               ReLU(name="relu1"), MaxPool2d(3, 2, ceil_mode=True, name="pool1"),
-              LocalContrastNorm(size=3, alpha=0.5, beta=0.75, k=1.0, name="norm1"),
+              LocalResponseNorm(size=3, alpha=0.5, beta=0.75, k=1.0, name="norm1"),
               Conv2d(4, 5, 3, stride=2, pad=1, name="conv2", init_std=0.3, rng=rng, dtype=np.float64),
               ReLU(name="relu2"), Flatten(name="flatten"),
               Linear(5 * 2 * 2, 6, name="fc1", init_std=0.3, rng=rng, dtype=np.float64),
@@ -147,11 +147,20 @@ def cases(backend="numpy", seed=0):
             return check_layer(MaxPool2d(k, s, ceil).set_backend(be), dev(_distinct(rng, (2, 3) + hw)), rng)
         return run
 
-    def lcn(size, alpha, beta, k):
+    def lrn(size, alpha, beta, k):
         def run():
             rng = np.random.default_rng(seed)
-            layer = LocalContrastNorm(size, alpha, beta, k).set_backend(be)
+            layer = LocalResponseNorm(size, alpha, beta, k).set_backend(be)
             return check_layer(layer, dev(rng.standard_normal((2, 7, 4, 3))), rng)
+        return run
+
+    def lcn(size, sigma, floor, shape):
+        # Random normal inputs keep every sig[i, j] and mean sig well away (>> the 1e-6 step) from the
+        # max(c, sig) and max(mean, floor) kinks, so central differences see one smooth branch.
+        def run():
+            rng = np.random.default_rng(seed)
+            layer = LocalContrastNorm(size, sigma, floor).set_backend(be)
+            return check_layer(layer, dev(rng.standard_normal(shape)), rng)
         return run
 
     def linear():
@@ -213,9 +222,12 @@ def cases(backend="numpy", seed=0):
         ("ReLU", relu),
         ("MaxPool2d 3 s2 ceil", pool(3, 2, True, (8, 7))),
         ("MaxPool2d 2 s2 floor", pool(2, 2, False, (7, 6))),
-        ("LocalContrastNorm 5 (ZFNet)", lcn(5, 1e-4, 0.75, 2.0)),
-        ("LocalContrastNorm 3 large alpha", lcn(3, 2.0, 0.75, 1.0)),
-        ("LocalContrastNorm 4 even size", lcn(4, 1.5, 0.6, 1.0)),
+        ("LocalResponseNorm 5 (ZFNet)", lrn(5, 1e-4, 0.75, 2.0)),
+        ("LocalResponseNorm 3 large alpha", lrn(3, 2.0, 0.75, 1.0)),
+        ("LocalResponseNorm 4 even size", lrn(4, 1.5, 0.6, 1.0)),
+        ("LocalContrastNorm 3 (sig and mean switches)", lcn(3, 1.0, 1e-4, (2, 5, 6, 7))),
+        ("LocalContrastNorm 5 wide Gaussian", lcn(5, 2.0, 1e-4, (2, 3, 7, 8))),
+        ("LocalContrastNorm floor-bound divisor", lcn(3, 1.0, 10.0, (2, 4, 5, 5))),
         ("Linear", linear),
         ("Flatten", flatten),
         ("Dropout (train)", dropout),

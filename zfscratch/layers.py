@@ -295,14 +295,20 @@ def padded_pool_output_size(h, k, stride, pad, ceil_mode):
     return out
 
 
-class LocalContrastNorm(Layer):
-    """Cross-channel local response normalization (the paper's "contrast normalization").
+class LocalResponseNorm(Layer):
+    """Cross-channel local *response* normalization (AlexNet/Caffe LRN).
 
     ``scale = k + alpha/size * sum_{c' in window(c)} x_{c'}^2``, ``y = x * scale^-beta``; window of
-    ``size`` channels centred on c, zero-padded at the ends (DESIGN §4). ZFNet: 5, 1e-4, 0.75, 2.
+    ``size`` channels centred on c, zero-padded at the ends (docs/design.md, "Numerical conventions").
+    ZFNet: 5, 1e-4, 0.75, 2. This is what most ZFNet re-implementations use for the paper's
+    "contrast normalized across feature maps"; :class:`LocalContrastNorm` is the subtractive and
+    divisive normalization of the paper's lineage (Jarrett et al. 2009).
+
+    Weights files written before this layer had its own name call it ``LocalContrastNorm`` (with
+    ``alpha``, ``beta``, ``k`` in its config); :func:`layer_class` still reads them as this layer.
     """
 
-    kind = "LocalContrastNorm"
+    kind = "LocalResponseNorm"
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, name=None):
         super().__init__(name)
@@ -325,6 +331,74 @@ class LocalContrastNorm(Layer):
         x, y, scale = self._cache
         self._check_grad(dy, x.shape)
         return self.backend.kernels.lrn_backward(dy, x, y, scale, self.size, self.alpha, self.beta, self.k)
+
+
+class LocalContrastNorm(Layer):
+    """Local contrast normalization (Jarrett, Kavukcuoglu, Ranzato & LeCun 2009): subtractive, then divisive.
+
+    Across all maps and a Gaussian ``size x size`` spatial window ``w`` (normalized to sum to one
+    over the window and the C maps, renormalized at the borders by the weight inside the map)::
+
+        v[c, i, j] = x[c, i, j] - sum_{c', p, q} w[p, q] x[c', i+p, j+q]
+        sig[i, j]  = sqrt(sum_{c', p, q} w[p, q] v[c', i+p, j+q]^2)
+        y[c, i, j] = v[c, i, j] / max(c_n, sig[i, j]),   c_n = max(mean_ij sig, floor)   (per image)
+
+    Parameters
+    ----------
+    size : int, odd window side (at most the map's height and width)
+    sigma : float > 0, Gaussian standard deviation in pixels
+    floor : float > 0, lower bound of ``c_n`` (keeps flat images finite)
+
+    Shapes: x, y (N, C, H, W). The backward pass follows the ``max`` switches (see
+    ``kernels.reference.lcn_backward``).
+    """
+
+    kind = "LocalContrastNorm"
+
+    def __init__(self, size=5, sigma=1.0, floor=1e-4, name=None):
+        super().__init__(name)
+        try:
+            self.size, self.sigma, self.floor = int(size), float(sigma), float(floor)
+        except (TypeError, ValueError):
+            raise ValueError(f"layer {self.name} (LocalContrastNorm): size, sigma and floor must be numbers, "
+                             f"got {size!r}, {sigma!r}, {floor!r}") from None
+        if self.size < 1 or self.size % 2 == 0 or self.size != size:
+            raise ValueError(f"layer {self.name} (LocalContrastNorm): window size must be an odd integer >= 1, "
+                             f"got {size!r}")
+        if not (np.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"layer {self.name} (LocalContrastNorm): sigma must be a positive number, got {sigma!r}")
+        if not (np.isfinite(self.floor) and self.floor > 0):
+            raise ValueError(f"layer {self.name} (LocalContrastNorm): the divisor floor must be a positive number, "
+                             f"got {floor!r}")
+        self._cache = None
+
+    def config(self):
+        return dict(size=self.size, sigma=self.sigma, floor=self.floor)
+
+    def _clear_cache(self):
+        self._cache = None
+
+    def output_shape(self, in_shape):
+        if len(in_shape) == 4 and (self.size > in_shape[2] or self.size > in_shape[3]):
+            raise ValueError(f"layer {self.name} (LocalContrastNorm): window {self.size}x{self.size} does not fit "
+                             f"its {in_shape[2]}x{in_shape[3]} input maps")
+        return tuple(in_shape)
+
+    def forward(self, x, train=False):
+        self._check_input(x, 4)
+        self.output_shape(x.shape)
+        y, v, sig, mean_sig = self.backend.kernels.lcn_forward(x, self.size, self.sigma, self.floor)
+        self._cache = (x.shape, v, sig, mean_sig)
+        return y
+
+    def backward(self, dy):
+        shape, v, sig, mean_sig = self._cache
+        self._check_grad(dy, shape)
+        return self.backend.kernels.lcn_backward(dy, v, sig, mean_sig, self.size, self.sigma, self.floor)
+
+
+#: normalization layer kinds (the DeconvNet passes them through unchanged, paper section 2.1)
+NORM_KINDS = ("LocalResponseNorm", "LocalContrastNorm")
 
 
 class Flatten(Layer):
@@ -458,4 +532,16 @@ class SoftmaxCrossEntropy:
 
 
 #: kind -> class, used to rebuild networks from their saved configuration
-LAYER_KINDS = {cls.kind: cls for cls in (Conv2d, ReLU, MaxPool2d, LocalContrastNorm, Flatten, Linear, Dropout)}
+LAYER_KINDS = {cls.kind: cls for cls in (Conv2d, ReLU, MaxPool2d, LocalResponseNorm, LocalContrastNorm, Flatten,
+                                         Linear, Dropout)}
+
+
+def layer_class(kind, config=None):
+    """The layer class for a saved ``kind`` and its ``config``; None for an unknown kind.
+
+    A ``LocalContrastNorm`` whose config holds ``alpha``/``beta``/``k`` comes from a file written when
+    the cross-channel LRN had that name: it is read as :class:`LocalResponseNorm` (deprecated alias).
+    """
+    if kind == "LocalContrastNorm" and config and any(key in config for key in ("alpha", "beta", "k")):
+        return LocalResponseNorm
+    return LAYER_KINDS.get(kind)

@@ -33,6 +33,9 @@ FC_LAYERS = ("fc6", "fc7", "fc8")
 
 _SMALL = dict(widths=[32, 64, 96, 96, 64], fc=256, conv1=[7, 2, 3], conv2=[5, 1, 2], init="he")
 _LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+_LCN = dict(size=5, sigma=1.0, floor=1e-4)
+#: the ``norm`` choices: cross-channel LRN (default), subtractive + divisive LCN, or no normalization
+NORMS = ("lrn", "lcn", "none")
 
 PRESETS = {
     "zfnet": dict(input_size=224, num_classes=1000, widths=[96, 256, 384, 384, 256], fc=4096,
@@ -47,17 +50,22 @@ def default_config(arch, **overrides):
     """Full config of ``arch`` with ``overrides`` applied (None values ignored).
 
     Keys: arch, input_size, in_channels, num_classes, widths (5 conv widths), fc (width of fc6/fc7),
-    conv1/conv2 ([k, stride, pad]), pool ([k, stride]), lrn (dict), dropout, init ("paper": weights
-    N(0, 0.01^2); "he": N(0, 2/fan_in), fc8 N(0, 0.01^2)), seed.
+    conv1/conv2 ([k, stride, pad]), pool ([k, stride]), norm ("lrn": cross-channel local response
+    normalization with the ``lrn`` dict; "lcn": subtractive + divisive local contrast normalization with
+    the ``lcn`` dict; "none": no norm1/norm2 layers), lrn (dict), lcn (dict), dropout, init ("paper":
+    weights N(0, 0.01^2); "he": N(0, 2/fan_in), fc8 N(0, 0.01^2)), seed.
     """
     if arch not in PRESETS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
-    cfg = dict(arch=arch, in_channels=3, pool=[3, 2], lrn=dict(_LRN), dropout=0.5, seed=0)
+    cfg = dict(arch=arch, in_channels=3, pool=[3, 2], norm="lrn", lrn=dict(_LRN), lcn=dict(_LCN), dropout=0.5,
+               seed=0)
     cfg.update(copy.deepcopy(PRESETS[arch]))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if arch == "alexnet_like" and overrides.get("input_size", cfg["input_size"]) >= 128:
         cfg.update(widths=[96, 256, 384, 384, 256], fc=4096)
     cfg.update(overrides)
+    if cfg["norm"] not in NORMS:
+        raise ValueError(f"unknown normalization {cfg['norm']!r}; expected one of {', '.join(NORMS)}")
     return cfg
 
 
@@ -70,7 +78,10 @@ def _init(kind, fan_in, scheme, last=False):
 
 
 def _flat_size(specs, size):
-    """Length of the flattened feature vector after the conv/pool specs for a size x size input."""
+    """Length of the flattened feature vector after the conv/pool specs for a size x size input.
+
+    Raises ValueError naming the layer when a contrast-normalization window does not fit its maps.
+    """
     c, h = None, size
     for s in specs:
         kw = s["config"]
@@ -78,6 +89,9 @@ def _flat_size(specs, size):
             c, h = kw["out_ch"], conv_output_size(h, kw["k"], kw["stride"], kw["pad"])
         elif s["kind"] == "MaxPool2d":
             h = pool_output_size(h, kw["k"], kw["stride"], kw["ceil_mode"])
+        elif s["kind"] == "LocalContrastNorm" and kw["size"] > h:
+            raise ValueError(f"layer {s['name']} (LocalContrastNorm): window {kw['size']}x{kw['size']} does not "
+                             f"fit its {h}x{h} input maps (choose lcn size <= {h})")
     return c * h * h
 
 
@@ -85,7 +99,6 @@ def specs_from_config(cfg):
     """Layer specs (see ``Sequential.layer_specs``) for a ZFNet-family config."""
     w1, w2, w3, w4, w5 = cfg["widths"]
     pk, ps = cfg["pool"]
-    lrn = cfg["lrn"]
     specs = []
 
     def conv(name, cin, cout, k, s, p):
@@ -95,12 +108,18 @@ def specs_from_config(cfg):
     def add(kind, name, **kw):
         specs.append(dict(kind=kind, name=name, config=kw))
 
+    def norm(name):
+        if cfg["norm"] == "lrn":
+            add("LocalResponseNorm", name, **cfg["lrn"])
+        elif cfg["norm"] == "lcn":
+            add("LocalContrastNorm", name, **cfg["lcn"])
+
     conv("conv1", cfg["in_channels"], w1, *cfg["conv1"])
     add("ReLU", "relu1"), add("MaxPool2d", "pool1", k=pk, stride=ps, ceil_mode=True)
-    add("LocalContrastNorm", "norm1", **lrn)
+    norm("norm1")
     conv("conv2", w1, w2, *cfg["conv2"])
     add("ReLU", "relu2"), add("MaxPool2d", "pool2", k=pk, stride=ps, ceil_mode=True)
-    add("LocalContrastNorm", "norm2", **lrn)
+    norm("norm2")
     conv("conv3", w2, w3, 3, 1, 1), add("ReLU", "relu3")
     conv("conv4", w3, w4, 3, 1, 1), add("ReLU", "relu4")
     conv("conv5", w4, w5, 3, 1, 1), add("ReLU", "relu5")

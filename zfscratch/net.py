@@ -6,7 +6,7 @@ import copy
 import numpy as np
 
 from zfscratch.backend import get_backend
-from zfscratch.layers import LAYER_KINDS, Conv2d
+from zfscratch.layers import Conv2d, layer_class
 
 
 class Sequential:
@@ -190,9 +190,10 @@ def build_from_specs(specs, backend=None, config=None, seed=0, dtype=np.float32,
     layers = []
     for spec in specs:
         kind = spec["kind"]
-        if kind not in LAYER_KINDS:
-            raise ValueError(f"unknown layer kind {kind!r} (layer {spec.get('name')})")
         kw = dict(spec.get("config", {}))
+        cls = layer_class(kind, kw)
+        if cls is None:
+            raise ValueError(f"unknown layer kind {kind!r} (layer {spec.get('name')})")
         if kind in ("Conv2d", "Linear"):
             kw.update(rng=rng, dtype=dtype)
             kw.update((k, v) for k, v in spec.get("init", {}).items())
@@ -200,5 +201,5 @@ def build_from_specs(specs, backend=None, config=None, seed=0, dtype=np.float32,
                 kw["init_std"] = 0.0
         elif kind == "Dropout":
             kw["seed"] = int(drop_rng.integers(2**31))
-        layers.append(LAYER_KINDS[kind](name=spec["name"], **kw))
+        layers.append(cls(name=spec["name"], **kw))
     return Sequential(layers, backend=backend, config=config)

@@ -17,7 +17,7 @@ Relu           ``ReLU``
 MaxPool        ``MaxPool2d`` (square kernel, equal strides, ``ceil_mode``, pads: a leading pad
                equal on both axes plus any trailing pad that ends up in the output count — e.g.
                Caffe2's ``pads=[0, 0, 1, 1]`` becomes ``ceil_mode=True``)
-LRN            ``LocalContrastNorm(size, alpha, beta, k=bias)`` (odd ``size`` only: ONNX centres
+LRN            ``LocalResponseNorm(size, alpha, beta, k=bias)`` (odd ``size`` only: ONNX centres
                even windows on ``[c-(size-2)/2, c+size/2]``, this engine on ``[c-size/2, c+size/2-1]``)
 Gemm           ``Linear`` (``transA=0``; ``transB`` 0 or 1; ``alpha``/``beta`` folded into w and b)
 MatMul (+Add)  ``Linear`` (constant right operand; a following constant ``Add`` is its bias)
@@ -454,7 +454,7 @@ class _Importer:
                                  f"c+{(size - 1) // 2}]; only odd sizes are supported")
         cfg = dict(size=size, alpha=_f32(a.get("alpha", 1e-4)), beta=_f32(a.get("beta", 0.75)),
                    k=_f32(a.get("bias", 1.0)))
-        self.add("LocalContrastNorm", f"norm{self._block()}", node, cfg)
+        self.add("LocalResponseNorm", f"norm{self._block()}", node, cfg)
 
     def op_Flatten(self, node, idx):
         axis = int(_attrs(node).get("axis", 1))
@@ -768,7 +768,7 @@ class _NoInit:
 
 def _build(specs, config, params):
     """Sequential from layer specs with ``params`` loaded (shapes checked by ``load_state_dict``)."""
-    from zfscratch.layers import LAYER_KINDS
+    from zfscratch.layers import layer_class
     from zfscratch.net import Sequential
     layers = []
     for i, spec in enumerate(specs):
@@ -777,7 +777,7 @@ def _build(specs, config, params):
             kw["rng"] = _NoInit()
         elif spec["kind"] == "Dropout":
             kw["seed"] = i
-        layers.append(LAYER_KINDS[spec["kind"]](name=spec["name"], **kw))
+        layers.append(layer_class(spec["kind"], spec["config"])(name=spec["name"], **kw))
     net = Sequential(layers, config=config)
     net.load_state_dict(params)
     return net
@@ -867,6 +867,9 @@ def to_model(net, meta=None, opset=DEFAULT_OPSET, softmax=False, input_name="inp
         elif kind == "MaxPool2d":
             nodes.append(_pool_node(helper, name, cur, out, cfg, in_shape[2], out_shape[2]))
         elif kind == "LocalContrastNorm":
+            raise UserError(f"layer {name}: LocalContrastNorm (subtractive + divisive, Jarrett et al. 2009) has no "
+                            f"ONNX operator; only the cross-channel LRN (LocalResponseNorm) can be exported")
+        elif kind == "LocalResponseNorm":
             if cfg["size"] % 2 == 0:
                 raise UserError(f"layer {name}: LRN size {cfg['size']} is even; ONNX centres even windows "
                                 f"differently from this engine, so it cannot be exported exactly")
@@ -942,7 +945,7 @@ def export_onnx(net, path, meta=None, opset=DEFAULT_OPSET, softmax=False, input_
 
     Parameters
     ----------
-    net : Sequential of Conv2d/ReLU/MaxPool2d/LocalContrastNorm/Flatten/Linear/Dropout layers with
+    net : Sequential of Conv2d/ReLU/MaxPool2d/LocalResponseNorm/Flatten/Linear/Dropout layers with
         ``config["input_size"]`` (every model of this engine, and imported ones)
     path : output ``.onnx`` file
     meta : weights metadata (``classes``, ``preprocessing``, ``extra["mean"]``), stored in the model's

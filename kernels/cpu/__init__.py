@@ -36,7 +36,7 @@ writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN 
 Layout: :mod:`.threads` (BLAS thread plumbing and the split-GEMM thread pool), :mod:`.memory`
 (per-thread workspaces and the Numba run-copy helpers), :mod:`.gemm` (split GEMMs), :mod:`.conv`
 (im2col convolution), :mod:`.winograd` (F(2x2, 3x3)), :mod:`.pool` (max-pool), :mod:`.pointwise`
-(ReLU, LRN, softmax, SGD). This module re-exports the kernel contract.
+(ReLU, LRN, softmax, SGD), lcn (local contrast normalization). This module re-exports the kernel contract.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ NAME = "cpu"
 
 from .conv import _ConvGeom, conv2d_backward, conv2d_backward_data, conv2d_forward  # noqa: E402,F401
 from .gemm import matmul  # noqa: E402
+from .lcn import lcn_backward, lcn_forward  # noqa: E402
 from .memory import clear_workspaces  # noqa: E402
 from .pointwise import (lrn_backward, lrn_forward, relu_backward, relu_forward,  # noqa: E402
                         sgd_update, softmax_xent)
@@ -63,6 +64,7 @@ from .winograd import _use_winograd  # noqa: E402,F401
 # _ConvGeom, _use_winograd and _BLAS are re-exported for the kernel tests
 __all__ = [
     "NAME", "conv2d_forward", "conv2d_backward", "conv2d_backward_data", "maxpool_forward",
-    "maxpool_backward", "relu_forward", "relu_backward", "lrn_forward", "lrn_backward", "softmax_xent",
+    "maxpool_backward", "relu_forward", "relu_backward", "lrn_forward", "lrn_backward", "lcn_forward",
+    "lcn_backward", "softmax_xent",
     "sgd_update", "matmul", "clear_workspaces",
 ]
