@@ -36,7 +36,7 @@ writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN 
 Layout: :mod:`.threads` (BLAS thread plumbing and the split-GEMM thread pool), :mod:`.memory`
 (per-thread workspaces and the Numba run-copy helpers), :mod:`.gemm` (split GEMMs), :mod:`.conv`
 (im2col convolution), :mod:`.winograd` (F(2x2, 3x3)), :mod:`.pool` (max-pool), :mod:`.pointwise`
-(ReLU, LRN, softmax, SGD), lcn (local contrast normalization). This module re-exports the kernel contract.
+(ReLU, LRN, softmax, SGD), :mod:`.lcn` (local contrast normalization). This module re-exports the kernel contract.
 """
 from __future__ import annotations
 
