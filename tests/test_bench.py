@@ -36,8 +36,11 @@ def _check_common(res, backend):
     assert conv1["bwd_gflop"] == pytest.approx(conv1["fwd_gflop"])  # the first conv skips its input gradient
     assert res["layers"][4]["bwd_gflop"] == pytest.approx(2 * res["layers"][4]["fwd_gflop"])
     net = res["network"]
-    for key in ("fwd_ms", "step_ms", "fwd_img_s", "step_img_s", "step_peak_rss_mb", "step_rss_added_mb"):
+    for key in ("fwd_ms", "step_ms", "fwd_img_s", "step_img_s", "step_peak_rss_mb", "step_rss_added_mb",
+                "step_page_faults", "step_gflop", "step_pct_roofline"):
         assert net[key] >= 0, key
+    blas = res["blas"]
+    assert blas["kernels"] and all(k["architecture"] for k in blas["kernels"])
     json.dumps(res)  # serializable
 
 
@@ -48,7 +51,7 @@ def test_run_bench_structure(backend):
     _check_common(res, backend)
     assert "torch" not in res and lines
     text = bench.format_report(res)
-    for name in LAYERS + ["sum", "zfscratch", "sgemm", "JIT"]:
+    for name in LAYERS + ["sum", "zfscratch", "sgemm", "JIT", "BLAS:", "faults/step", "roofline"]:
         assert name in text
 
 
@@ -120,3 +123,29 @@ def test_compare_torch():
     text = bench.format_report(res)
     assert "torch" in text and "agreement" in text and "ratio" in text
     assert np.isfinite(res["speedup"]["step"])
+
+
+def test_blas_kernel_check_warns_when_coretype_forces_another_kernel(monkeypatch):
+    """A forced OPENBLAS_CORETYPE is reported with the kernel the CPU would pick by itself (a child
+    Python without the variable); a warning only when the two differ."""
+    monkeypatch.setattr(bench, "blas_kernels", lambda: [dict(filepath="x", internal_api="openblas",
+                                                             architecture="Prescott", version=None)])
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Prescott")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    out = bench.blas_kernel_check()
+    assert out["forced"] == {"OPENBLAS_CORETYPE": "Prescott"}
+    assert out["default_architecture"]  # the child's own pick, real
+    if out["default_architecture"] != "Prescott":
+        assert "forces OpenBLAS's Prescott kernel" in out["warning"]
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    out = bench.blas_kernel_check()
+    assert out["forced"] == {} and out["warning"] is None and out["default_architecture"] is None
+
+
+def test_page_faults_per_step_sees_fresh_memory():
+    """Touching a fresh 64 MiB array per call costs hundreds of faults or more (one per 4 KiB page, fewer
+    where the kernel maps larger folios); refilling one buffer already touched costs about none."""
+    buf = np.ones(1 << 24, np.float32)
+    reuse = bench.page_faults_per_step(lambda: buf.fill(1.0), lambda: None)
+    fresh = bench.page_faults_per_step(lambda: np.ones(1 << 24, np.float32), lambda: None)
+    assert reuse < 20 and fresh > 100

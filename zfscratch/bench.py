@@ -125,7 +125,110 @@ def thread_info():
     return info
 
 
+# ============================================================================= which BLAS kernel
+def _corename_ctypes():
+    """``[{filepath, internal_api, architecture, version}]`` of the loaded OpenBLAS libraries, asked
+    through their own ``*_get_corename`` (without threadpoolctl)."""
+    out = []
+    for path in _blas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                     "openblas_get_corename"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                out.append(dict(filepath=path, internal_api="openblas",
+                                architecture=(fn() or b"?").decode("ascii", "replace"), version=None))
+                break
+    return out
+
+
+def blas_kernels():
+    """The BLAS libraries NumPy runs and the CPU kernel each picked (OpenBLAS's ``architecture``, e.g.
+    ``SkylakeX`` or ``Haswell``).
+
+    Uses threadpoolctl when installed (its ``architecture`` field), else OpenBLAS's ``get_corename``.
+    Returns a list of dicts with ``filepath``, ``internal_api``, ``architecture``, ``version``.
+    """
+    np.ones((2, 2)) @ np.ones((2, 2))  # make sure NumPy's BLAS is loaded
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return _corename_ctypes()
+    return [dict(filepath=d.get("filepath"), internal_api=d.get("internal_api"),
+                 architecture=d.get("architecture"), version=d.get("version"))
+            for d in threadpool_info() if d.get("user_api") == "blas"]
+
+
+#: environment variables that make OpenBLAS pick its kernel or its blocking other than it would itself
+BLAS_FORCING_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_kernel_check(timeout=120):
+    """Which BLAS kernel runs, and which would run without the forcing variables.
+
+    When ``OPENBLAS_CORETYPE`` (or ``OPENBLAS_L2_SIZE``) is set, a child Python without them reports the
+    kernel OpenBLAS picks by itself (what users' machines run). Returns a dict: ``kernels`` (as
+    :func:`blas_kernels`), ``forced`` (the forcing variables that are set, name -> value),
+    ``default_architecture`` (the child's pick, or None when nothing is forced or it could not be
+    asked) and ``warning`` (a sentence when a variable forces another kernel than the default, else None).
+    """
+    import subprocess
+    kernels = blas_kernels()
+    forced = {k: os.environ[k] for k in BLAS_FORCING_VARS if k in os.environ}
+    out = dict(kernels=kernels, forced=forced, default_architecture=None, warning=None)
+    if not forced:
+        return out
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_FORCING_VARS}
+    code = ("import json; from zfscratch.bench import blas_kernels; "
+            "print(json.dumps([k['architecture'] for k in blas_kernels()]))")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+        import json
+        default = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else []
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        default = []
+    now = [k["architecture"] for k in kernels]
+    out["default_architecture"] = default[0] if default else None
+    if default and default != now:
+        out["warning"] = (f"{' '.join(f'{k}={v}' for k, v in forced.items())} forces OpenBLAS's {', '.join(now)} "
+                          f"kernel; without it this CPU runs {', '.join(default)} (what users get). Bench with "
+                          f"`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE zfscratch bench ...` for their speed.")
+    elif "OPENBLAS_L2_SIZE" in forced:
+        out["warning"] = (f"OPENBLAS_L2_SIZE={forced['OPENBLAS_L2_SIZE']} is set: OpenBLAS blocks its GEMMs for "
+                          f"that cache size, not this CPU's.")
+    return out
+
+
 # ============================================================================= memory
+def page_faults():
+    """Page faults (minor + major) of this process so far (``getrusage``), or None where unknown."""
+    try:
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return int(ru.ru_minflt + ru.ru_majflt)
+    except (ImportError, OSError):
+        return None
+
+
+def page_faults_per_step(step, sync, steps=3):
+    """Mean page faults of one call of ``step`` over ``steps`` calls, after the caller warmed it up.
+
+    A page fault is the kernel mapping a fresh page: a step that reuses its memory takes (almost) none;
+    one that allocates large arrays afresh takes one per 4 KiB touched.
+    """
+    sync()
+    f0 = page_faults()
+    for _ in range(steps):
+        step()
+    sync()
+    f1 = page_faults()
+    return None if f0 is None or f1 is None else (f1 - f0) / steps
+
+
 def _proc_status_kb(key):
     try:
         with open("/proc/self/status") as f:
@@ -555,6 +658,9 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     progress(f"sgemm: square float32 products {', '.join(map(str, sgemm_sizes))}")
     res["sgemm_gflops"] = sgemm_gflops(be.xp, sizes=sgemm_sizes, sync=be.synchronize)
     res["threads"] = thread_info()
+    res["blas"] = blas_kernel_check()
+    if res["blas"]["warning"]:
+        progress("WARNING: " + res["blas"]["warning"])
 
     sync = be.synchronize
     twin = None
@@ -606,11 +712,19 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     f_ts = time_interleaved(fns, repeats, syncs)
     progress("whole network: training step (forward + backward + SGD)")
     s_ts = time_interleaved([ostep, tstep] if twin else [ostep], repeats, syncs)
-    progress("whole network: memory of a training step")
+    progress("whole network: memory and page faults of a training step")
     res["network"] = _network_figures(batch, f_ts[0], s_ts[0])
+    res["network"]["step_page_faults"] = page_faults_per_step(ostep, sync)
+    # roofline: the step's conv/linear FLOPs (direct-convolution count) at the measured sgemm speed
+    step_gflop = sum(r["fwd_gflop"] + r["bwd_gflop"] for r in layers)
+    res["network"]["step_gflop"] = step_gflop
+    res["network"]["step_roofline_ms"] = 1e3 * step_gflop / peak if peak else None
+    res["network"]["step_pct_roofline"] = (100.0 * res["network"]["step_roofline_ms"] / res["network"]["step_ms"]
+                                           if peak and res["network"]["step_ms"] > 0 else None)
     res["network"].update(step_memory(ostep, sync, getattr(be.kernels, "clear_workspaces", None)))
     if twin:
         res["torch"] = dict(device=device, **_network_figures(batch, f_ts[1], s_ts[1]))
+        res["torch"]["step_page_faults"] = page_faults_per_step(tstep, tsync)
         res["torch"].update(step_memory(tstep, tsync))
         ours, tn = res["network"], res["torch"]
         res["speedup"] = dict(fwd=tn["fwd_ms"] / ours["fwd_ms"], step=tn["step_ms"] / ours["step_ms"],
@@ -638,8 +752,17 @@ def format_report(res):
         + (f", torch {th.get('torch')}" if cmp_ else "") + f"; {th.get('cpus')} CPUs",
         f"sgemm {res['sgemm_gflops']:.0f} GFLOP/s (best square float32 product); JIT compile / cache load "
         f"{res['jit_s']:.2f} s (excluded)",
-        "",
     ]
+    blas = res.get("blas")
+    if blas is not None:
+        names = ", ".join(f"{k.get('internal_api') or '?'} {k.get('version') or ''}".strip()
+                          + f" kernel {k.get('architecture') or '?'}" for k in blas["kernels"]) or "none found"
+        forced = " ".join(f"{k}={v}" for k, v in blas["forced"].items())
+        lines.append(f"BLAS: {names}" + (f" (forced by {forced}; default here: {blas['default_architecture'] or '?'})"
+                                         if forced else ""))
+        if blas["warning"]:
+            lines.append(f"WARNING: {blas['warning']}")
+    lines.append("")
     head = f"{'layer':<8} {'kind':<17} {'output':<13} {'fwd ms':>8} {'bwd ms':>8} {'fwd GF/s':>8} {'bwd GF/s':>8} {'%sgemm':>6}"
     if cmp_:
         head += f" {'torch fwd':>9} {'torch bwd':>9} {'fwd x':>6} {'bwd x':>6}"
@@ -666,15 +789,20 @@ def format_report(res):
     lines.append(line)
     n = res["network"]
     lines += ["", f"{'network':<10} {'forward img/s':>14} {'train img/s':>12} {'fwd ms':>8} {'step ms':>8} "
-                  f"{'step peak RSS':>14} {'step adds':>10}"]
+                  f"{'step peak RSS':>14} {'step adds':>10} {'faults/step':>11}"]
     rows = [("zfscratch", n)] + ([("torch", res["torch"])] if cmp_ else [])
     for name, v in rows:
         lines.append(f"{name:<10} {v['fwd_img_s']:14.1f} {v['step_img_s']:12.1f} {v['fwd_ms']:8.1f} {v['step_ms']:8.1f} "
-                     f"{v['step_peak_rss_mb']:11.0f} MB {v['step_rss_added_mb']:7.0f} MB")
+                     f"{v['step_peak_rss_mb']:11.0f} MB {v['step_rss_added_mb']:7.0f} MB "
+                     f"{_f(v.get('step_page_faults'), '.0f', 11)}")
     if cmp_:
         s, a = res["speedup"], res["agreement"]
         mem = "-" if s["step_rss_added"] is None else f"{s['step_rss_added']:.2f}x"
         lines.append(f"{'ratio':<10} {s['fwd']:13.2f}x {s['step']:11.2f}x {'':>8} {'':>8} {'':>14} {mem:>10}")
+    if n.get("step_pct_roofline") is not None:
+        lines.append(f"step: {n['step_gflop']:.1f} GFLOP (conv + linear, direct count) = {n['step_roofline_ms']:.0f} ms "
+                     f"at the sgemm speed; zfscratch at {n['step_pct_roofline']:.0f}% of that roofline")
+    if cmp_:
         lines += ["", "ratio = torch time / zfscratch time (above 1: zfscratch faster); memory ratio = zfscratch / torch",
                   f"agreement (eval, dropout off): logits max |diff| {a['logits_max_abs_diff']:.2e} "
                   f"(relative {a['logits_max_rel_diff']:.2e}), loss diff {a['loss_diff']:.2e}, "
