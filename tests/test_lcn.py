@@ -174,3 +174,35 @@ def test_deconvnet_passes_both_norms_through(norm_layer):
     h = top.backward_data(np.maximum(r, 0), (2, 4, 7, 7))
     want = conv.backward_data(np.maximum(h, 0), x.shape)
     np.testing.assert_allclose(proj[:, 0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_normalization_experiment_end_to_end(tmp_path):
+    """Three tiny trainings through the CLI: the table, the figure, one layer-2 top-9 per norm."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "norms"
+    cmd = [sys.executable, "-m", "zfscratch", "normalization", "--data", "synthetic:n=160,n_val=48,size=48",
+           "--input-size", "48", "--epochs", "1", "--batch", "32", "--topk-images", "32", "--out", str(out),
+           "--quiet", "--backend", "numba"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "normalization.json").read_text())
+    assert list(res["models"]) == ["lrn", "lcn", "none"]
+    for norm, st in res["models"].items():
+        assert 0.0 <= st["val_accuracy"] <= 1.0 and np.isfinite(st["hf_energy"])
+        assert (out / norm / "topk" / "topk_relu2.png").stat().st_size > 1000
+        assert (out / norm / "weights.npz").is_file()
+    assert "| lcn |" in r.stdout and (out / "normalization.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,msg", [(["--norms", "lrn,batch"], "--norms lrn,batch: expected distinct names"),
+                                      (["--input-size", "32"], "norm2 (LocalContrastNorm): window 5x5 does not fit")])
+def test_normalization_bad_input_is_one_line(tmp_path, args, msg):
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "zfscratch", "normalization", "--data", "synthetic:n=64,n_val=16,size=32",
+           "--epochs", "1", "--out", str(tmp_path / "o"), "--quiet", "--norms", "lcn"] + args
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

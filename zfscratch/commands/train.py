@@ -83,6 +83,9 @@ def register(sub):
     g.add_argument("--widths", default=None, metavar="W1,...,W5", help="conv1..conv5 widths")
     g.add_argument("--fc", type=int, default=None, help="width of fc6/fc7")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability on fc6/fc7 (default 0.5)")
+    g.add_argument("--norm", choices=("lrn", "lcn", "none"), default=None,
+                   help="normalization after pool1/pool2: lrn = cross-channel local response normalization "
+                        "(default), lcn = subtractive + divisive local contrast normalization, none")
     p.add_argument("--eval-batch", type=int, default=None, help="batch size for validation")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -117,6 +120,8 @@ def cmd_train(args):
         mc["fc"] = args.fc
     if args.dropout is not None:
         mc["dropout"] = args.dropout
+    if args.norm is not None:
+        mc["norm"] = args.norm
     data = args.data if (args.data or args.resume) else "synthetic"
     res = train_model(
         data, args.out, model=args.model, epochs=args.epochs, batch=args.batch, lr=args.lr, backend=args.backend,

@@ -111,7 +111,7 @@ def never_active_fraction(net, pre, images):
 
 # ----------------------------------------------------------------------------- experiment
 def compare(models, val_set, out_dir, dead_threshold=0.05, fft_size=64, probe_images=64, batch=64,
-            progress=True, name="architecture"):
+            progress=True, name="architecture", title="Fig 6: first-layer comparison (same training budget)"):
     """Compare trained models (Python API; :func:`architecture` trains them first).
 
     Parameters
@@ -119,6 +119,7 @@ def compare(models, val_set, out_dir, dead_threshold=0.05, fft_size=64, probe_im
     models : dict label -> (net, meta) or label -> (net, meta, val_accuracy or None)
     val_set : validation dataset: accuracy (when not given) and the probe images for layer 2 /
         never-active maps (its first ``probe_images``)
+    name : file stem of the figure, JSON and filter grids; title : the summary panel's title
 
     Returns
     -------
@@ -162,13 +163,13 @@ def compare(models, val_set, out_dir, dead_threshold=0.05, fft_size=64, probe_im
            "table_markdown": "\n".join(md)}
     fig_path = os.path.join(out_dir, f"{name}.png")
     json_path = os.path.join(out_dir, f"{name}.json")
-    plot_architecture(out, grids, fig_path)
+    plot_architecture(out, grids, fig_path, title)
     out["figure"], out["json"] = fig_path, json_path
     S.write_json(json_path, out)
     return out
 
 
-def plot_architecture(out, grids, path):
+def plot_architecture(out, grids, path, title="Fig 6: first-layer comparison (same training budget)"):
     labels = list(out["models"])
     n = len(labels)
     fig = S.figure(15, 4.6 * n)
@@ -202,7 +203,7 @@ def plot_architecture(out, grids, path):
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Fig 6: first-layer comparison (same training budget)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     return S.save_figure(fig, path)
 
 
