@@ -463,3 +463,61 @@ def test_iterator_resume_reproduces_batches():
     assert sorted(seen + [i for b in first for i in b[2].tolist()]) == list(range(30))
     with pytest.raises(UserError, match="dataset of"):
         BatchIterator(SyntheticDataset(31), 4, seed=9).load_state_dict(state)
+
+
+def _photo_folder(root, held_out="val"):
+    """train/ and val/ (or test/) with WordNet-id class folders, a greyscale, a CMYK, an RGBA and an
+    upper-case .JPEG file."""
+    rng = np.random.default_rng(5)
+    for split, n in (("train", 3), (held_out, 2)):
+        for wnid in ("n02102040", "n01440764"):
+            d = root / split / wnid
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / f"{wnid}_{i}.JPEG")
+    d = root / "train" / "n01440764"
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(d / "grey.jpg")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).convert("CMYK").save(d / "cmyk.JPEG")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA").save(d / "alpha.PNG")
+    return root
+
+
+@pytest.mark.parametrize("mapping,text", [
+    ("classes.txt", "# index wnid name\n0 n01440764 tench\n1 n02102040 English springer\n"),
+    ("synsets.txt", "n02102040 English springer\nn01440764 tench\n"),
+    ("LOC_synset_mapping.txt", "n01440764 tench, Tinca tinca\nn02102040 English springer, English springer spaniel\n"),
+])
+@pytest.mark.parametrize("held_out", ["val", "test"])
+def test_folder_class_names_and_photo_modes(tmp_path, mapping, text, held_out):
+    root = _photo_folder(tmp_path / "photos", held_out)
+    (root / mapping).write_text(text)
+    tr = open_dataset(f"folder:{root},size=16", "train")
+    assert tr.folders == ["n01440764", "n02102040"]
+    assert tr.classes == ["tench", "English springer"]
+    assert tr.describe()["class_file"].endswith(mapping)
+    assert len(tr) == 9                                   # .JPEG, .jpg and .PNG all found
+    x, y = tr.get_batch(range(len(tr)))
+    assert x.shape == (9, 16, 16, 3) and x.dtype == np.uint8 and y.tolist() == [0] * 6 + [1] * 3
+    grey = x[[i for i, f in enumerate(tr.files) if f.endswith("grey.jpg")][0]]
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1], grey[..., 2])
+    for split in ("val", "test"):                          # either name reaches the held-out folder
+        ho = open_dataset(f"folder:{root}", split)
+        assert ho.classes == tr.classes and len(ho) == 4 and ho.folder.endswith(held_out)
+
+
+def test_folder_class_file_mismatch_is_one_line(tmp_path):
+    root = _photo_folder(tmp_path / "photos")
+    (root / "classes.txt").write_text("0 n01440764 tench\n1 n09999999 unicorn\n")
+    with pytest.raises(UserError) as e:
+        open_dataset(f"folder:{root}", "train")
+    msg = str(e.value)
+    assert "\n" not in msg and "classes.txt" in msg and "n09999999" in msg and "n02102040" in msg
+    (root / "classes.txt").write_text("0 n01440764 tench\n")
+    with pytest.raises(UserError, match="misses class folders"):
+        open_dataset(f"folder:{root}", "val")
+    (root / "classes.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(UserError, match="not UTF-8"):
+        open_dataset(f"folder:{root}", "train")
+    # two folders with one display name stay apart
+    (root / "classes.txt").write_text("n01440764 fish\nn02102040 fish\n")
+    assert open_dataset(f"folder:{root}").classes == ["fish (n01440764)", "fish (n02102040)"]

@@ -362,3 +362,26 @@ def test_real_photos_train_and_evaluate(tmp_path, cifar_folder):
     ev = json.loads((run / "evaluation_test.json").read_text())
     assert ev["n"] == 30 and np.array(ev["confusion"]).sum() == 30
     assert (run / "confusion_test.png").is_file()
+
+
+def test_warmup_and_init_choice_are_applied_and_recorded(tmp_path):
+    """--warmup ramps the lr linearly over its steps (then the schedule rules); --init is recorded."""
+    from zfscratch.train import cosine_lr
+    events = []
+    res = _train(tmp_path / "w", epochs=2, lr_schedule="cosine", warmup=0.5, progress=events.append,
+                 model_config={**TINY, "init": "paper"})
+    lrs = [e["lr"] for e in events if e["event"] == "step"]   # 6 steps an epoch: 3 warm-up steps
+    expect = [cosine_lr(0.02, s, 12) * min(1.0, (s + 1) / 3) for s in range(12)]
+    np.testing.assert_allclose(lrs, expect, rtol=1e-12)
+    net, meta = zio.load_weights(res["weights"])
+    assert net.config["init"] == "paper" and meta["train"]["init"] == "paper"
+    assert meta["train"]["warmup_epochs"] == 0.5
+    with pytest.raises(UserError, match="--warmup"):
+        _train(tmp_path / "bad", warmup=-1)
+    # resuming a warmed-up run mid-way is exact
+    _train(tmp_path / "r", epochs=1, warmup=1.5, model_config={**TINY, "init": "paper"})
+    b = train_model(_tiny_data(), tmp_path / "r", epochs=2, backend="numpy", quiet=True, resume=True)
+    a = _train(tmp_path / "full", epochs=2, warmup=1.5, model_config={**TINY, "init": "paper"})
+    wa, wb = _weights(a["weights"]), _weights(b["weights"])
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)

@@ -69,7 +69,7 @@ DEFAULTS = dict(
     epochs=4, batch=32, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
     lr_schedule="cosine", lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
     seed=0, val_split=0.1, val_data=None, snapshots=DEFAULT_SNAPSHOTS, checkpoint_every=0,
-    augment=("flip", "crop"), scale=1.0 / 64, mean="pixel", eval_batch=None,
+    augment=("flip", "crop"), scale=1.0 / 64, mean="pixel", eval_batch=None, warmup=0.0,
 )
 #: options that a resumed run may change; every other option must match the checkpoint
 RESUME_MAY_CHANGE = ("epochs", "snapshots", "checkpoint_every", "eval_batch")
@@ -487,6 +487,9 @@ def _check_options(cfg):
         raise UserError(f"--input-size {cfg['input_size']}: expected >= 8")
     if cfg["resize"] is not None and cfg["input_size"] is not None and cfg["resize"] < cfg["input_size"]:
         raise UserError(f"--resize {cfg['resize']} is smaller than --input-size {cfg['input_size']}")
+    w = cfg["warmup"]
+    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
+        raise UserError(f"--warmup {w}: expected a number of epochs >= 0")
     if cfg["lr_schedule"] not in LR_SCHEDULES:
         raise UserError(f"--lr-schedule {cfg['lr_schedule']!r}: expected one of {', '.join(LR_SCHEDULES)}")
     if cfg["mean"] not in ("pixel", "channel", "none"):
@@ -575,7 +578,7 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------
     def _merge_resumed(self, given, stored):
-        cfg = dict(stored)
+        cfg = {**DEFAULTS, **stored}  # options added since the checkpoint was written take their defaults
         for k, v in given.items():
             if v is None:
                 continue
@@ -665,7 +668,8 @@ class Trainer:
     # -- bookkeeping ------------------------------------------------------------------------
     def _train_meta(self):
         return {"model": self.cfg["model"], "epochs": self.epoch, "step": self.step, "batch": self.cfg["batch"],
-                "lr_initial": self.cfg["lr"], "lr_final": self.opt.lr, "seed": self.cfg["seed"],
+                "lr_initial": self.cfg["lr"], "lr_final": self.opt.lr,
+                "warmup_epochs": self.cfg["warmup"], "init": self.net.config.get("init"), "seed": self.cfg["seed"],
                 "data": self.data_spec or _describe(self.train_ds), "backend": self.be.name,
                 "val_acc": self.history[-1]["val_acc"] if self.history else None}
 
@@ -759,6 +763,8 @@ class Trainer:
         if self.epoch == 0 and self.pos == 0 and 0 in cfg["snapshots"]:
             self.save_snapshot(0)
         total_steps = nb * cfg["epochs"]
+        # linear lr warm-up over the first ``warmup`` epochs (a function of the step: resume-exact)
+        warm_steps = int(round(cfg["warmup"] * nb))
         if not self.quiet:
             _log(f"training {cfg['model']} ({sum(p.size for _, p in self.net.params()):,} parameters) on "
                  f"{n} images, validating on {len(self.val)}, {self.num_classes} classes, input "
@@ -792,7 +798,11 @@ class Trainer:
                         f"{self.files['checkpoint']} is kept (resume with --resume, or start again with a "
                         f"lower --lr)")
                 self.net.backward(self.loss_fn.backward())
+                base_lr = self.opt.lr  # what the schedule controls; warm-up scales only this step
+                if self.step < warm_steps:
+                    self.opt.lr = base_lr * (self.step + 1) / warm_steps
                 self.opt.step()
+                step_lr, self.opt.lr = self.opt.lr, base_lr
                 self.step += 1
                 self.pos = i + 1
                 pred = self.be.to_host(self.loss_fn.probs).argmax(axis=1)
@@ -808,7 +818,7 @@ class Trainer:
                                         f"{self.sums['correct'] / self.sums['seen']:.1%} {rate:.0f} img/s lr "
                                         f"{self.opt.lr:.3g} run ETA {_fmt_time(left)}", refresh=False)
                 self._emit(event="step", epoch=e, batch=i + 1, batches=nb, step=self.step, loss=loss,
-                           lr=self.opt.lr)
+                           lr=step_lr)
                 if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
                     self.sums["time"] += time.perf_counter() - t_ep
                     t_ep = time.perf_counter()
@@ -915,7 +925,8 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
         lr_schedule ("plateau": x lr_factor when the validation accuracy has not improved by
         lr_threshold for more than lr_patience epochs; "cosine": cosine decay to 0 over the run),
         lr_factor, lr_patience, min_lr, lr_threshold, val_split, val_data, checkpoint_every, augment
-        ("flip,crop", "flip", "none"), scale, mean ("pixel", "channel", "none"), eval_batch.
+        ("flip,crop", "flip", "none"), scale, mean ("pixel", "channel", "none"), eval_batch, warmup
+        (epochs of linear learning-rate warm-up from 0, default 0).
 
     Returns
     -------

@@ -55,6 +55,9 @@ def register(sub):
                    help=f"lr multiplier when validation accuracy plateaus (default {D['lr_factor']})")
     p.add_argument("--lr-patience", type=int, default=None,
                    help=f"epochs without improvement before annealing (default {D['lr_patience']})")
+    p.add_argument("--warmup", type=float, default=None, metavar="EPOCHS",
+                   help="linear learning-rate warm-up from 0 over this many epochs (fractions allowed; "
+                        f"default {D['warmup']:g})")
     p.add_argument("--min-lr", type=float, default=None, help=f"(default {D['min_lr']})")
     add_backend_arg(p)
     p.add_argument("--seed", type=int, default=None, help="seed of init, data order, augmentation, dropout (default 0)")
@@ -82,6 +85,10 @@ def register(sub):
     g.add_argument("--conv2", default=None, metavar="K,S,P")
     g.add_argument("--widths", default=None, metavar="W1,...,W5", help="conv1..conv5 widths")
     g.add_argument("--fc", type=int, default=None, help="width of fc6/fc7")
+    g.add_argument("--init", choices=("paper", "he"), default=None,
+                   help="weight initialization: paper = N(0, 0.01^2) (the zfnet preset; starves deep nets "
+                        "trained from scratch at small budgets), he = N(0, 2/fan_in) with fc8 N(0, 0.01^2) "
+                        "(zfnet_small/alexnet_like default); recorded in the weights' config")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability on fc6/fc7 (default 0.5)")
     g.add_argument("--norm", choices=("lrn", "lcn", "none"), default=None,
                    help="normalization after pool1/pool2: lrn = cross-channel local response normalization "
@@ -122,6 +129,8 @@ def cmd_train(args):
         mc["dropout"] = args.dropout
     if args.norm is not None:
         mc["norm"] = args.norm
+    if args.init is not None:
+        mc["init"] = args.init
     data = args.data if (args.data or args.resume) else "synthetic"
     res = train_model(
         data, args.out, model=args.model, epochs=args.epochs, batch=args.batch, lr=args.lr, backend=args.backend,
@@ -130,7 +139,7 @@ def cmd_train(args):
         momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, lr_factor=args.lr_factor,
         lr_patience=args.lr_patience, min_lr=args.min_lr, val_split=args.val_split, val_data=args.val_data,
         checkpoint_every=args.checkpoint_every, augment=args.augment, scale=args.scale, mean=args.mean,
-        eval_batch=args.eval_batch)
+        eval_batch=args.eval_batch, warmup=args.warmup)
     print(f"validation accuracy {res['val_acc']:.2%} (best {res['best_val_acc']:.2%}) after {res['epochs']} "
           f"epochs, {res['elapsed_s'] / 60:.1f} min; weights: {res['weights']}")
     return 0

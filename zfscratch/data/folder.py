@@ -8,6 +8,14 @@
   the class list always comes from ``train/`` so labels agree. A root without split subfolders is
   one split, "train"; asking it for "val" or "test" raises UserError (use
   :func:`zfscratch.data.holdout_split` to hold out part of it).
+- Class display names: a mapping file beside the splits (in ``root``), the first found of
+  ``classes.txt``, ``synsets.txt``, ``LOC_synset_mapping.txt``, with one line per class folder in
+  one of the forms ``index folder name`` (Imagenette's classes.txt), ``folder name`` (synsets.txt)
+  or ``folder name, synonym, ...`` (ImageNet's LOC_synset_mapping.txt: the first synonym is shown);
+  blank lines and ``#`` comments are skipped. ``classes`` then holds the display names (what every
+  figure and table shows) and ``folders`` the folder names (e.g. WordNet ids); labels stay in
+  sorted-folder order. A mapping that names a class the folder lacks, or misses one, raises
+  UserError.
 - Every image is converted to RGB uint8: grey, grey+alpha, palette, RGBA (alpha composited on
   white), CMYK, 16-bit (scaled to 8 bits) and float images.
 - Size: ``size=None`` takes the size of the first image; any image of another size is resized
@@ -31,10 +39,75 @@ import numpy as np
 from ..errors import UserError
 from .transforms import resize_center_crop
 
-__all__ = ["FolderDataset", "load_rgb", "folder_splits", "IMAGE_EXTENSIONS"]
+__all__ = ["FolderDataset", "load_rgb", "folder_splits", "class_names", "IMAGE_EXTENSIONS", "CLASS_FILES"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # compared lower-cased: .JPEG, .PNG work too
 DEFAULT_CACHE_LIMIT = 2 << 30
+CLASS_FILES = ("classes.txt", "synsets.txt", "LOC_synset_mapping.txt")
+_CLASS_FILE_LIMIT = 4 << 20  # ImageNet-1k's mapping is ~30 kB; a bigger file is not a class list
+
+
+def class_names(root, folders):
+    """Display names of the class ``folders`` from the mapping file in ``root`` (see the module
+    docstring), or None when ``root`` has none.
+
+    Parameters
+    ----------
+    root : folder holding the splits (or the class folders).
+    folders : list of str, the class folder names in label order.
+
+    Returns
+    -------
+    (names, path): list of str parallel to ``folders``, and the mapping file used; or None.
+    """
+    path = next((os.path.join(root, f) for f in CLASS_FILES if os.path.isfile(os.path.join(root, f))), None)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_CLASS_FILE_LIMIT + 1)
+    except OSError as e:
+        raise UserError(f"class names file {path} cannot be read: {e}") from None
+    if len(raw) > _CLASS_FILE_LIMIT:
+        raise UserError(f"class names file {path} is larger than {_CLASS_FILE_LIMIT >> 20} MiB: expected one "
+                        "'index folder name' or 'folder name' line per class")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"class names file {path} is not UTF-8 text") from None
+    loc = os.path.basename(path) == "LOC_synset_mapping.txt"
+    mapping = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0].isdigit():  # "index folder name"
+            parts = parts[1].split(None, 1)
+        folder = parts[0]
+        name = parts[1].strip() if len(parts) > 1 else folder
+        if loc:
+            name = name.split(",")[0].strip() or folder
+        if folder in mapping:
+            raise UserError(f"class names file {path} line {n}: class {folder!r} is listed twice")
+        mapping[folder] = name
+    missing = [f for f in folders if f not in mapping]
+    extra = sorted(set(mapping) - set(folders))
+    if missing or extra:
+        what = []
+        if extra:
+            what.append(f"names classes the folder lacks ({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''})")
+        if missing:
+            what.append(f"misses class folders ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+        raise UserError(f"class names file {path} {' and '.join(what)}: expected one line per class folder "
+                        f"of {root}")
+    names = [mapping[f] for f in folders]
+    counts = {}
+    for nm in names:
+        counts[nm] = counts.get(nm, 0) + 1
+    # two folders with one display name (ImageNet has a few): keep them apart by the folder name
+    names = [f"{nm} ({f})" if counts[nm] > 1 else nm for nm, f in zip(names, folders)]
+    return names, path
 
 
 def _to_rgb(img):
@@ -160,17 +233,22 @@ class FolderDataset:
         self.root = os.fspath(root)
         self.split = split
         self.folder = splits[split]
-        self.classes = _visible_dirs(splits["train"])
+        self.folders = _visible_dirs(splits["train"])
+        self.classes = list(self.folders)
         if not self.classes:
             raise UserError(f"image folder {splits['train']} has no class subfolders "
                             "(expected root/<class>/*.png|jpg|jpeg)")
         if split != "train":
-            extra = sorted(set(_visible_dirs(self.folder)) - set(self.classes))
+            extra = sorted(set(_visible_dirs(self.folder)) - set(self.folders))
             if extra:
                 raise UserError(f"image folder {self.folder} has classes not in "
                                 f"{splits['train']}: {', '.join(extra[:5])}")
+        named = class_names(self.root, self.folders)
+        self.class_file = named[1] if named else None
+        if named:
+            self.classes = named[0]
         files, labels = [], []
-        for c, name in enumerate(self.classes):
+        for c, name in enumerate(self.folders):
             d = os.path.join(self.folder, name)
             if not os.path.isdir(d):
                 continue  # a test split may lack a class
@@ -262,4 +340,5 @@ class FolderDataset:
 
     def describe(self):
         return {"kind": "folder", "source": self.root, "split": self.split, "n": len(self),
-                "classes": self.classes, "image_shape": list(self.image_shape)}
+                "classes": self.classes, "image_shape": list(self.image_shape),
+                **({"folders": self.folders, "class_file": self.class_file} if self.class_file else {})}
