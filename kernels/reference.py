@@ -371,6 +371,25 @@ def softmax_xent(logits, labels):
     return float(-logp.mean()), probs
 
 
+# ----------------------------------------------------------------------------- fully connected (optional extra)
+def linear_backward(dy, x, w, gw, gb):
+    """Backward of ``y = x @ w.T + b`` with the parameter gradients accumulated in place (not part of the
+    layer contract; ``layers.Linear`` uses a backend's when it has one).
+
+    Parameters
+    ----------
+    dy : (N, M) float ; x : (N, K) float ; w : (M, K) float
+    gw : (M, K) float, ``gw += dy.T @ x`` ; gb : (M,) float, ``gb += dy.sum(0)``
+
+    Returns
+    -------
+    dx : (N, K) float, ``dy @ w``
+    """
+    gw += dy.T @ x
+    gb += dy.sum(axis=0)
+    return dy @ w
+
+
 # ----------------------------------------------------------------------------- optimizer (optional extra)
 def sgd_update(p, g, v, lr, momentum, weight_decay):
     """One SGD-with-momentum step in place (not part of the layer contract; used by ``optim.SGD``).
