@@ -29,138 +29,25 @@ import time
 
 import numpy as np
 
+# thread control has one home (threadpoolctl); the names stay importable from here
+from zfscratch.util.threads import get_blas_threads, set_blas_threads, set_threads, thread_info  # noqa: F401
+
 #: sizes of the square sgemm products whose best speed is the yardstick
 SGEMM_SIZES = (1024, 2048)
 
 
-# ============================================================================= threads
-def _blas_libraries():
-    """Paths of the BLAS shared libraries loaded in this process (from /proc/self/maps)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if ".so" in line}
-    except OSError:
-        return []
-    return sorted(p for p in paths if any(k in os.path.basename(p).lower() for k in ("openblas", "mkl_rt", "blis")))
-
-
-def set_blas_threads(n):
-    """Set the thread count of the BLAS that NumPy uses, at run time.
-
-    Uses threadpoolctl when installed, else the BLAS's own ``*_set_num_threads`` through ctypes.
-    Returns True when some BLAS accepted the setting.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=int(n), user_api="blas")
-        return True
-    except ImportError:
-        pass
-    ok = False
-    names = ("openblas_set_num_threads", "openblas_set_num_threads64_", "scipy_openblas_set_num_threads64_",
-             "scipy_openblas_set_num_threads", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
-    for fn in _blas_functions(names):
-        fn(ctypes.c_int(int(n)))
-        ok = True
-    return ok
-
-
-def _blas_functions(names):
-    """For each of NumPy's BLAS libraries that loads, the first function of ``names`` it exports."""
-    for path in _blas_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        fn = next((getattr(lib, name) for name in names if hasattr(lib, name)), None)
-        if fn is not None:
-            yield fn
-
-
-def get_blas_threads():
-    """Thread count of NumPy's BLAS (None when it cannot be asked)."""
-    names = ("openblas_get_num_threads", "openblas_get_num_threads64_", "scipy_openblas_get_num_threads64_",
-             "scipy_openblas_get_num_threads", "MKL_Get_Max_Threads")
-    for fn in _blas_functions(names):
-        return int(fn())
-    return None
-
-
-def set_threads(n):
-    """Use ``n`` threads in Numba's parallel loops and in the BLAS (and in PyTorch when imported).
-
-    Returns a dict of what was set. Numba cannot go above the ``NUMBA_NUM_THREADS`` it started with.
-    """
-    n = int(n)
-    out = {"requested": n}
-    try:
-        import numba
-        limit = numba.config.NUMBA_NUM_THREADS
-        numba.set_num_threads(min(n, limit))
-        out["numba"] = min(n, limit)
-    except ImportError:
-        pass
-    out["blas"] = n if set_blas_threads(n) else None
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
-        out["torch"] = n
-    return out
-
-
-def thread_info():
-    """Current thread counts: numba, BLAS, torch (when imported)."""
-    info = {"cpus": os.cpu_count()}
-    try:
-        import numba
-        info["numba"] = int(numba.get_num_threads())
-        try:
-            info["numba_layer"] = numba.threading_layer()
-        except ValueError:  # no parallel region has run yet
-            info["numba_layer"] = None
-    except ImportError:
-        info["numba"] = None
-    info["blas"] = get_blas_threads()
-    if "torch" in sys.modules:
-        info["torch"] = int(sys.modules["torch"].get_num_threads())
-    return info
-
-
 # ============================================================================= which BLAS kernel
-def _corename_ctypes():
-    """``[{filepath, internal_api, architecture, version}]`` of the loaded OpenBLAS libraries, asked
-    through their own ``*_get_corename`` (without threadpoolctl)."""
-    out = []
-    for path in _blas_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
-                     "openblas_get_corename"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                out.append(dict(filepath=path, internal_api="openblas",
-                                architecture=(fn() or b"?").decode("ascii", "replace"), version=None))
-                break
-    return out
-
-
 def blas_kernels():
     """The BLAS libraries NumPy runs and the CPU kernel each picked (OpenBLAS's ``architecture``, e.g.
     ``SkylakeX`` or ``Haswell``).
 
-    Uses threadpoolctl when installed (its ``architecture`` field), else OpenBLAS's ``get_corename``.
+    Through threadpoolctl (its ``architecture`` field; :mod:`zfscratch.util.threads`).
     Returns a list of dicts with ``filepath``, ``internal_api``, ``architecture``, ``version``.
     """
+    from zfscratch.util.threads import blas_controllers
     np.ones((2, 2)) @ np.ones((2, 2))  # make sure NumPy's BLAS is loaded
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return _corename_ctypes()
-    return [dict(filepath=d.get("filepath"), internal_api=d.get("internal_api"),
-                 architecture=d.get("architecture"), version=d.get("version"))
-            for d in threadpool_info() if d.get("user_api") == "blas"]
+    return [dict(filepath=c.filepath, internal_api=c.internal_api, architecture=c.info().get("architecture"),
+                 version=c.version) for c in blas_controllers()]
 
 
 #: environment variables that make OpenBLAS pick its kernel or its blocking other than it would itself

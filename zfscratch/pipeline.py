@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -187,21 +186,7 @@ class Context:
 
 
 # ============================================================================================ helpers
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    return o
+from zfscratch.util.jsonio import jsonable as _jsonable  # noqa: E402  (one home for JSON of results)
 
 
 def _relativize(o, ctx, files):
@@ -871,7 +856,7 @@ def machine_info(backend):
             "machine": platform.machine(), "cpus": os.cpu_count(), "numpy": np.__version__,
             "backend": backend.name}
     try:
-        from zfscratch.commands.core import blas_info
+        from zfscratch.util.threads import blas_info
         info["blas"] = blas_info()
     except Exception:  # noqa: BLE001 - informative only
         pass

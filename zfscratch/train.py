@@ -59,6 +59,10 @@ import numpy as np
 from zfscratch import io as zio
 from zfscratch.errors import UserError
 from zfscratch.preprocess import Preprocess
+from zfscratch.util.figures import new_figure, save_png
+from zfscratch.util.jsonio import jsonable as _jsonable  # NaN/inf -> null: valid JSON
+from zfscratch.util.numerics import softmax as _softmax
+from zfscratch.util.progress import tqdm_bar as _tqdm
 
 CHECKPOINT_FORMAT = "zfscratch-checkpoint"
 DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
@@ -202,12 +206,6 @@ class Cached:
             yield self.get(np.arange(s, min(self.n, s + size)))
 
 
-def _tqdm(**kw):
-    from tqdm import tqdm
-    kw.setdefault("file", sys.stderr)
-    kw.setdefault("dynamic_ncols", True)
-    kw.setdefault("mininterval", 0.5)
-    return tqdm(**kw)
 
 
 # =============================================================================================
@@ -271,11 +269,6 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
             "ten_crop": bool(ten_crop)}
 
 
-def _softmax(z):
-    z = np.asarray(z, np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, backend=None, out_dir=None,
@@ -316,17 +309,11 @@ def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, back
 # =============================================================================================
 
 def _figure(w, h):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(w, h, dpi=100, layout="constrained")
 
 
 def _save_fig(fig, path):
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png")
-    zio.atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, tight=False)
 
 
 def plot_curve(history, path, title="training"):
@@ -420,20 +407,6 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
 
 
 def _parse_snapshots(s):

@@ -23,10 +23,9 @@ atomically (:func:`save_png`).
 """
 from __future__ import annotations
 
-import io as _io
-import os
-
 import numpy as np
+
+from zfscratch.util.figures import new_figure, save_png  # noqa: F401  (one home; re-exported)
 
 SCOPES = ("image", "grid", "channel")
 
@@ -125,24 +124,6 @@ def upscale(img, factor):
     """Nearest-neighbour upscaling of (H, W, C) by an integer factor (crisp small patches)."""
     f = max(1, int(factor))
     return np.repeat(np.repeat(img, f, axis=0), f, axis=1) if f > 1 else img
-
-
-def new_figure(width, height, dpi=100):
-    """A matplotlib Figure on the Agg canvas (no pyplot, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig, path, dpi=None):
-    """Render ``fig`` to PNG in memory and write it atomically (``io.atomic_write_bytes``)."""
-    from zfscratch.io import atomic_write_bytes
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, bbox_inches="tight", pad_inches=0.1)
-    atomic_write_bytes(path, buf.getvalue())
-    return os.fspath(path)
 
 
 def mosaic_figure(mosaic, path, title=None, caption_text=None, scale=1.0, dpi=100, labels=()):

@@ -1,43 +1,30 @@
 """Thread plumbing of the split GEMMs: NumPy's BLAS thread count and the worker pool."""
 from __future__ import annotations
 
-import ctypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-# ============================================================================= GEMM
+from zfscratch.util import threads as _threads
+
 # OpenBLAS's own threads busy-wait (sched_yield loops) for their next job. On 2 cores, and even more
 # on a machine shared with other jobs, they then fight the threads that have work: measured under
 # load, a 2-thread OpenBLAS sgemm ran 1.2-4x slower than two single-threaded sgemms on the two halves
 # of the product in two threads. So the convolutions split each GEMM by columns over Numba's thread
 # count themselves (NUMBA_NUM_THREADS / numba.set_num_threads), every part running single-threaded
 # BLAS; nothing spins while another kernel runs. Elsewhere NumPy's BLAS keeps its own setting.
-class _OpenBLAS:
-    """``get``/``set`` of the thread count of NumPy's OpenBLAS, found among the loaded libraries."""
+class _BlasThreads:
+    """``get()``/``set(n)`` of the thread count of NumPy's BLAS (:mod:`zfscratch.util.threads`, i.e.
+    threadpoolctl); both ``None`` when no BLAS could be found, and then no GEMM is split."""
 
     def __init__(self):
+        ctl = _threads.blas_controllers()
         self.get = self.set = None
-        try:
-            with open("/proc/self/maps") as f:
-                paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-        except OSError:
-            paths = []
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
-                                   ("openblas", "")):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    get.restype = ctypes.c_int
-                    self.get, self.set = get, put
-                    return
+        if ctl:
+            self.get = _threads.get_blas_threads
+            self.set = _threads.set_blas_threads
 
 
-_BLAS = _OpenBLAS()
+_BLAS = _BlasThreads()
 _BLAS_LOCK = threading.Lock()
 _BLAS_USERS = [0, None]  # [kernels inside a split GEMM, thread count to restore]
 _GEMM_POOL = [None, 0]  # [ThreadPoolExecutor, its size]
@@ -51,12 +38,12 @@ def _blas_single(enter):
         if enter:
             if _BLAS_USERS[0] == 0:
                 _BLAS_USERS[1] = _BLAS.get()
-                _BLAS.set(ctypes.c_int(1))
+                _BLAS.set(1)
             _BLAS_USERS[0] += 1
         else:
             _BLAS_USERS[0] -= 1
             if _BLAS_USERS[0] == 0:
-                _BLAS.set(ctypes.c_int(_BLAS_USERS[1]))
+                _BLAS.set(_BLAS_USERS[1])
 
 
 def _gemm_pool(nt):

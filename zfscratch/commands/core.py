@@ -18,30 +18,12 @@ def register(sub):
     p.set_defaults(func=cmd_gradcheck)
 
 
-def blas_info():
-    """Short description of the BLAS numpy uses (name, version, threads) when numpy can tell."""
-    import numpy as np
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        desc = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:  # older numpy: no dict mode
-        desc = "unknown"
-    try:
-        from threadpoolctl import threadpool_info
-        threads = [f"{i.get('internal_api')}:{i.get('num_threads')}" for i in threadpool_info() if i.get("user_api") == "blas"]
-        if threads:
-            desc += f" (threads {', '.join(threads)})"
-    except ImportError:
-        pass
-    return desc
-
-
 def cmd_info(args):
     import numpy as np
 
     from zfscratch import __version__
     from zfscratch.backend import available_backends, get_backend
+    from zfscratch.util.threads import blas_info
     print(f"zfscratch {__version__}")
     print(f"python    {platform.python_version()} ({platform.machine()})")
     print(f"numpy     {np.__version__}; BLAS: {blas_info()}")

@@ -7,14 +7,14 @@ Everything here uses the network's public API only (``forward_range``, ``index``
 """
 from __future__ import annotations
 
-import io as _io
-import json
-import math
-import os
-
 import numpy as np
 
 from zfscratch.errors import UserError
+# one home for these; re-exported here for the experiment modules
+from zfscratch.util.figures import new_figure, save_png
+from zfscratch.util.jsonio import jsonable as _jsonable, write_json  # noqa: F401
+from zfscratch.util.numerics import softmax  # noqa: F401
+from zfscratch.util.progress import NoBar as _NoBar, progress_bar  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- network helpers
@@ -62,12 +62,6 @@ def resolve_layer(net, name):
     return name
 
 
-def softmax(logits):
-    """Row-wise softmax of host logits (float64 for accuracy)."""
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def forward_layers(net, x, layers, logits=True):
@@ -106,29 +100,6 @@ def batched(n, batch):
     return [(edges[i], edges[i + 1]) for i in range(k)]
 
 
-def progress_bar(total, desc, enabled=True, unit="img"):
-    """A tqdm bar (on stderr), or a no-op object when disabled or tqdm is missing."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-            return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            pass
-    return _NoBar()
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -160,39 +131,15 @@ def preprocess_batched(pre, images, batch=256):
 
 
 # ----------------------------------------------------------------------------- output
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
-def write_json(path, obj):
-    """Atomic write of ``obj`` as indented JSON (NumPy values converted, NaN/inf as null)."""
-    from zfscratch.io import atomic_write_text
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
-    return os.fspath(path)
 
 
 def figure(width, height, dpi=100):
-    """A matplotlib Figure on the Agg canvas (:func:`zfscratch.viz.new_figure`: no pyplot state)."""
-    from zfscratch.viz import new_figure
+    """A matplotlib Figure on the Agg canvas (:func:`zfscratch.util.figures.new_figure`: no pyplot state)."""
     return new_figure(width, height, dpi=dpi)
 
 
 def save_figure(fig, path, dpi=None):
-    """Write ``fig`` as a PNG atomically (:func:`zfscratch.viz.save_png`); returns the path."""
-    from zfscratch.viz import save_png
+    """Write ``fig`` as a PNG atomically (:func:`zfscratch.util.figures.save_png`); returns the path."""
     return save_png(fig, path, dpi=dpi)
 
 

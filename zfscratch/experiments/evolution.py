@@ -113,13 +113,8 @@ def run_evolution(run_dir, dataset=None, out=None, layers="1-5", maps_per_layer=
     tiles = {r: [] for r in rows}
     values = {r: [] for r in rows}
     imgs = {r: [] for r in rows}
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=len(shown), desc="evolution", unit="epoch", leave=False, dynamic_ncols=True)
-        except ImportError:  # pragma: no cover
-            bar = None
+    from zfscratch.util.progress import progress_bar
+    bar = progress_bar(len(shown), "evolution", progress, unit="epoch")
     for ep in shown:
         net = last_net if ep == shown[-1] else load_weights(paths[ep], backend=backend)[0]
         best, _ = strongest_units(net, source, names, maps, indices, batch=batch)
@@ -134,10 +129,8 @@ def run_evolution(run_dir, dataset=None, out=None, layers="1-5", maps_per_layer=
                 tiles[(nm, u[1])].append(crop(proj[j], box))
                 values[(nm, u[1])].append(u[4])
                 imgs[(nm, u[1])].append(u[0])
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     out = out or os.path.join(os.fspath(run_dir), "evolution.png")
     evolution_figure(rows, tiles, values, shown, out, scope=scope, n_images=n)
     return {"figure": os.fspath(out), "epochs": shown, "images": n, "seconds": time.perf_counter() - t0,

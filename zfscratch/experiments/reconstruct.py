@@ -21,15 +21,9 @@ import numpy as np
 
 from zfscratch import deconv, viz
 from zfscratch.errors import UserError
+from zfscratch.util.numerics import softmax as _softmax
 
 BACKGROUNDS = ("plain", "colored")
-
-
-def _softmax(z):
-    z = np.asarray(z, np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def render_pairs(dataset, indices, backgrounds=BACKGROUNDS):

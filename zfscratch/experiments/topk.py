@@ -29,6 +29,7 @@ import numpy as np
 
 from zfscratch import deconv, viz
 from zfscratch.errors import UserError
+from zfscratch.util.progress import progress_bar as _progress
 
 DEFAULT_LAYERS = "1-5"
 
@@ -96,15 +97,6 @@ def shard_indices(n, rank=0, world_size=1):
         raise ValueError(f"rank {rank} out of range for world size {world_size}")
     return np.arange(rank * n // world_size, (rank + 1) * n // world_size, dtype=np.int64)
 
-
-def _progress(total, desc, enabled, unit="img"):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
 # ----------------------------------------------------------------------------- mergeable state
@@ -513,9 +505,9 @@ def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, i
         }
     result["state"] = state.save(os.path.join(out_dir, "topk.npz"))
     from zfscratch.io import atomic_write_text
-    import json
+    from zfscratch.util.jsonio import dumps
     result["json"] = os.path.join(out_dir, "topk.json")
-    atomic_write_text(result["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(result["json"], dumps(result, indent=2) + "\n")
     return result
 
 
