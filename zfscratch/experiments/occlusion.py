@@ -24,9 +24,12 @@ the occluder outside the image is dropped. Maps are indexed ``[row, col]`` of po
 A 224x224 image with patch 48, stride 8 has 23x23 = 529 positions (margin 0) or 25x25 = 625
 (margin 8).
 
-Positions are processed in batches (``batch`` images per forward pass, so memory is bounded by the
-batch, not by the number of positions). Batched and position-by-position results agree to rounding
-(see ``tests/test_experiments.py``).
+Positions are processed in batches (``batch`` positions per pass, so memory is bounded by the
+batch, not by the number of positions). By default each batch goes through the incremental engine
+(:mod:`zfscratch.experiments.incremental`): the unoccluded image is run once and, per position, only
+the part of every conv / ReLU / pool / LRN output that the occluder can change is recomputed
+(``incremental=False``: full forward passes). Batched, incremental and position-by-position results
+agree to rounding (see ``tests/test_experiments.py`` and ``tests/test_incremental.py``).
 """
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ def occlude_batch(x, fill, ys, xs, patch, xp=np):
 
 
 def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, layer=None,
-                   map_index=None, batch=32, progress=False):
+                   map_index=None, batch=32, progress=False, incremental=True, bar=None):
     """Occlusion sweep of one preprocessed image.
 
     Parameters
@@ -101,7 +104,11 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
     fill : (C, H, W) occluder content (default zeros = the training mean)
     layer : feature layer for (a) (default: the rectified last conv layer, ``relu5``)
     map_index : feature map for (a) (default: the strongest map of the unoccluded image)
-    batch : occluded images per forward pass
+    batch : occluder positions per pass
+    incremental : bool, default True: recompute only the part of each layer that the occluder can
+        change (:class:`zfscratch.experiments.incremental.IncrementalOccluder`; exact up to float
+        rounding); False: one full forward pass per occluded image (to compare)
+    bar : an open progress bar to advance instead of making one (multi-image runs)
 
     Returns
     -------
@@ -139,21 +146,32 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
     tp = np.empty(n, np.float64)
     xd, fd = be.to_device(x), be.to_device(fill)
     li = net.index(layer)
-    bar = S.progress_bar(n, "occlusion", progress, unit="pos")
+    own_bar = bar is None
+    if own_bar:
+        bar = S.progress_bar(n, "occlusion", progress, unit="pos")
     t0 = time.perf_counter()
+    engine = None
+    if incremental:
+        from zfscratch.experiments.incremental import IncrementalOccluder
+        engine = IncrementalOccluder(net, xd, fd, keep=[layer])
     try:
         for s, e in S.batched(n, batch):
-            xb = occlude_batch(xd, fd, gy[s:e], gx[s:e], patch, xp)
-            a = net.forward_range(xb, 0, li + 1)
+            if engine is not None:
+                r = engine.positions([(gy[k], gx[k], gy[k] + patch, gx[k] + patch) for k in range(s, e)])
+                a, logits = r[layer], r["logits"]
+            else:
+                xb = occlude_batch(xd, fd, gy[s:e], gx[s:e], patch, xp)
+                a = net.forward_range(xb, 0, li + 1)
+                logits = net.forward_range(a, li + 1, len(net.layers))
             act[s:e] = be.to_host(a[:, map_index].reshape(e - s, -1).sum(axis=1))
-            logits = be.to_host(net.forward_range(a, li + 1, len(net.layers)))
-            p = S.softmax(logits)
+            p = S.softmax(be.to_host(logits))
             pt[s:e] = p[:, label]
             tl[s:e] = p.argmax(axis=1)
             tp[s:e] = p.max(axis=1)
             bar.update(e - s)
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
     dt = time.perf_counter() - t0
     shape = (len(ys), len(xs))
     return dict(ys=ys, xs=xs, activation=act.reshape(shape), prob_true=pt.reshape(shape),
@@ -161,7 +179,7 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
                 map_index=int(map_index), base_activation=float(fmap[map_index].sum()),
                 base_prob_true=float(p0[label]), base_label=int(np.argmax(p0)), base_prob=float(p0.max()),
                 patch=int(patch), stride=int(stride), margin=int(margin), positions=int(n),
-                seconds=dt, positions_per_s=n / dt if dt > 0 else float("inf"))
+                incremental=bool(incremental), seconds=dt, positions_per_s=n / dt if dt > 0 else float("inf"))
 
 
 def occlusion_reference(net, x, label, patch, stride, margin=0, fill=None, layer=None, map_index=0):
@@ -282,7 +300,7 @@ def plot_occlusion(res, image, projection, names, path, bbox=None, title=None):
 
 def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=None, patch=None,
                   stride=None, margin=0, value="mean", batch=32, project_mode="max", progress=True,
-                  name="occlusion"):
+                  name="occlusion", incremental=True, bar=None):
     """Occlusion experiment on one image: maps, figure and JSON (Python API of ``zfscratch occlude``).
 
     Parameters
@@ -295,8 +313,14 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     patch, stride : occluder side and step in pixels of the model input (default: ~1/5 and ~1/28 of
         the input side: 44 and 8 at 224, 12 and 2 at 64)
     value : "mean" (default: the training mean, 0 after mean subtraction) or a grey level 0-255
-    batch : occluded images per forward pass
+    batch : occluder positions per pass
+    incremental : bool, default True: recompute only the part of each layer that the occluder can
+        change (:class:`zfscratch.experiments.incremental.IncrementalOccluder`; exact up to float
+        rounding); False: one full forward pass per occluded image (to compare)
+    bar : an open progress bar to advance instead of making one (multi-image runs)
     project_mode : DeconvNet mode for panel (b): "max" (strongest activation) or "map" (whole map)
+    incremental : recompute only what the occluder changes (default True; see :func:`occlusion_maps`)
+    bar : an open progress bar to advance (multi-image runs); default: one of its own
 
     Returns
     -------
@@ -331,7 +355,7 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     x = np.asarray(pre(np.asarray(image)[None]), np.float32)[0]
     fill = occluder_fill(pre, size, value, x.shape[0])
     res = occlusion_maps(net, x, label=label, patch=patch, stride=stride, margin=margin, fill=fill,
-                         batch=batch, progress=progress)
+                         batch=batch, progress=progress, incremental=incremental, bar=bar)
     proj = project_map(net, x, res["layer"], res["map_index"], project_mode)
     os.makedirs(out_dir, exist_ok=True)
     fig_path = os.path.join(out_dir, f"{name}.png")
@@ -341,7 +365,7 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     out = {
         "experiment": "occlusion", "label": res["label"], "label_name": names[res["label"]],
         "layer": res["layer"], "map_index": res["map_index"], "patch": patch, "stride": stride,
-        "margin": margin, "value": value, "positions": res["positions"],
+        "margin": margin, "value": value, "positions": res["positions"], "incremental": bool(incremental),
         "positions_per_s": res["positions_per_s"], "seconds": res["seconds"], "batch": batch,
         "base_prob_true": res["base_prob_true"], "base_label": res["base_label"],
         "base_label_name": names[res["base_label"]], "base_activation": res["base_activation"],
