@@ -1,0 +1,372 @@
+"""The stage runner of the main job, ``zfscratch run``: data -> training -> every paper experiment -> an offline HTML report.
+
+The job is a list of :class:`Stage` objects run in order. Each stage has a name (also its folder
+under the output directory), a function ``func(ctx, cfg) -> result`` (a JSON-able dict of numbers
+and file paths), the stages whose outputs it reads (``inputs``), its configuration ``cfg`` and what
+the report needs to present it (title, paper figure, a two-line "what to look for", the equivalent
+stand-alone commands and a ``render`` function that turns the result into report blocks).
+
+Reuse. After every stage the manifest ``OUT/manifest.json`` is rewritten (atomically) with the
+stage's status, timing, result and a *hash* of everything that determines its output: the stage's
+configuration, the data spec and the run tokens of its input stages (a token changes whenever a
+stage is recomputed, so everything downstream of a recomputed stage is recomputed too). Running
+the command again reuses a finished stage when its hash matches and every file it reported still
+exists; ``force=True`` recomputes everything. The backend is not part of the hash: results are
+reused across backends (the report says which backend computed each stage).
+
+Failures. A stage that raises is recorded as failed (with the message), the stages that depend on
+it are not run, the others are, the report is written anyway and :func:`run_pipeline` reports the
+failure (the CLI exits 1). A :class:`~zfscratch.errors.UserError` from the data stage (bad
+``--data``) stops the job at once.
+
+Budgets (profiles). ``default``: a few minutes on 2 CPU cores; ``quick``: about a minute (smaller
+data, fewer epochs) for smoke tests. See :data:`PROFILES`.
+
+Python API::
+
+    from zfscratch.pipeline import run_pipeline
+    summary = run_pipeline("report", quick=True)            # returns the manifest dict
+    print(summary["stages"]["evaluate"]["result"]["accuracy"])
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from zfscratch.errors import UserError
+from zfscratch.pipeline.profiles import BUDGET_NOTE, PROFILES, data_spec
+from zfscratch.pipeline.text import _q
+from zfscratch.util.jsonio import jsonable as _jsonable
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "zfscratch-run-manifest"
+#: bump to invalidate every stored stage (e.g. when a stage's output format changes)
+PIPELINE_VERSION = 1
+
+
+# ============================================================================================ stages
+@dataclass
+class Stage:
+    """One step of the main job.
+
+    Attributes
+    ----------
+    name : folder under the output directory and key in the manifest
+    title : section title in the report
+    func : ``func(ctx, cfg) -> dict`` (JSON-able; file paths anywhere inside are made relative to
+        the output directory when stored)
+    inputs : names of the stages whose outputs ``func`` reads
+    config : the stage's settings (hashed)
+    paper : the figure/table of the paper it reproduces ("Fig 2", "Table 1", ...)
+    what : two sentences for the report: what is shown and what to look for
+    commands : ``commands(ctx, cfg) -> [str]``: stand-alone commands that redo the stage
+    render : ``render(result, ctx) -> [block]`` (see :mod:`zfscratch.report`)
+    synthetic_only : skipped (with a note in the report) on data without part landmarks
+    """
+
+    name: str
+    title: str
+    func: object
+    inputs: tuple = ()
+    config: dict = field(default_factory=dict)
+    paper: str = ""
+    what: str = ""
+    commands: object = None
+    render: object = None
+    synthetic_only: bool = False
+
+
+class Context:
+    """What a stage function sees: output folders, data, backend, the trained model, earlier results."""
+
+    def __init__(self, out, spec, backend, profile, progress=True, log=print):
+        self.out = os.path.abspath(os.fspath(out))
+        self.cwd = os.getcwd()
+        self.spec = spec
+        self.backend = backend
+        self.profile = profile
+        self.progress = progress
+        self.log = log
+        self.results = {}
+        self._datasets = {}
+        self._model = None
+        self.kind = spec.split(":", 1)[0].strip().lower()
+        self.synthetic = self.kind == "synthetic"
+
+    # -- paths --------------------------------------------------------------------------------
+    def dir(self, name):
+        """``OUT/name`` (created)."""
+        path = os.path.join(self.out, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def rel(self, path):
+        """Path relative to the output directory, with forward slashes (for HTML)."""
+        return os.path.relpath(os.path.abspath(path), self.out).replace(os.sep, "/")
+
+    def abs(self, rel):
+        return os.path.join(self.out, *str(rel).split("/"))
+
+    def cmd(self, path):
+        """A path as typed on the command line in the folder the job was started from."""
+        r = os.path.relpath(os.path.abspath(path), self.cwd)
+        return path if r.startswith(os.pardir + os.sep + os.pardir) else r
+
+    # -- data -----------------------------------------------------------------------------------
+    def splits(self):
+        from zfscratch.data import available_splits
+        return available_splits(self.spec)
+
+    def split(self, prefer):
+        """The first available split among ``prefer`` (a tuple), else "train"."""
+        have = self.splits()
+        for s in prefer:
+            if s in have:
+                return s
+        return "train"
+
+    def dataset(self, split):
+        if split not in self._datasets:
+            from zfscratch.data import open_dataset
+            self._datasets[split] = open_dataset(self.spec, split=split)
+        return self._datasets[split]
+
+    def heldout(self):
+        """(split name, dataset) used to look at the trained model: val, else test, else train."""
+        s = self.split(("val", "test"))
+        return s, self.dataset(s)
+
+    def test(self):
+        s = self.split(("test", "val"))
+        return s, self.dataset(s)
+
+    # -- model -----------------------------------------------------------------------------------
+    @property
+    def weights(self):
+        return os.path.join(self.out, "train", "weights.npz")
+
+    def model(self):
+        """(net, meta) of the trained model, loaded once per process on the chosen backend."""
+        if self._model is None:
+            from zfscratch.io import load_weights
+            self._model = load_weights(self.weights, backend=self.backend)
+        return self._model
+
+    def forget_model(self):
+        self._model = None
+
+
+def _relativize(o, ctx, files):
+    """Absolute paths inside ``ctx.out`` -> relative (collected in ``files``); the rest unchanged."""
+    if isinstance(o, dict):
+        return {k: _relativize(v, ctx, files) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_relativize(v, ctx, files) for v in o]
+    if isinstance(o, str) and os.path.isabs(o) and os.path.isfile(o):
+        ap = os.path.abspath(o)
+        if ap.startswith(ctx.out + os.sep):
+            r = ctx.rel(ap)
+            files.append(r)
+            return r
+    return o
+
+
+def stage_hash(stage, spec, tokens):
+    """Hash of everything that determines a stage's output."""
+    blob = json.dumps({"v": PIPELINE_VERSION, "stage": stage.name, "config": _jsonable(stage.config),
+                       "data": spec, "inputs": {i: tokens.get(i) for i in stage.inputs}}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def load_manifest(out):
+    path = os.path.join(out, MANIFEST)
+    if not os.path.isfile(path):
+        return {"format": MANIFEST_FORMAT, "version": PIPELINE_VERSION, "stages": {}}
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+        if m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("stages"), dict):
+            raise ValueError("not a run manifest")
+        return m
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a zfscratch run manifest ({e}); remove it or use another --out") from None
+
+
+def save_manifest(out, manifest):
+    from zfscratch.io import atomic_write_text
+    atomic_write_text(os.path.join(out, MANIFEST), json.dumps(_jsonable(manifest), indent=1) + "\n")
+
+
+def _reusable(entry, h, ctx):
+    if not entry or entry.get("hash") != h or entry.get("status") not in ("done", "skipped"):
+        return False
+    return all(os.path.isfile(ctx.abs(f)) for f in entry.get("files", []))
+
+
+def machine_info(backend):
+    """Platform, CPU count, numpy/BLAS, backend: shown in the report."""
+    info = {"python": platform.python_version(), "platform": platform.platform(terse=True),
+            "machine": platform.machine(), "cpus": os.cpu_count(), "numpy": np.__version__,
+            "backend": backend.name}
+    try:
+        from zfscratch.util.threads import blas_info
+        info["blas"] = blas_info()
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    try:
+        import numba
+        info["numba"] = f"{numba.__version__} ({numba.config.NUMBA_NUM_THREADS} threads)"
+    except ImportError:
+        pass
+    from zfscratch import __version__
+    info["zfscratch"] = __version__
+    return info
+
+
+def run_pipeline(out="report", quick=False, backend=None, data=None, force=False, stages=None, progress=True,
+                 log=None, command=None):
+    """Run (or resume) the main job and write ``OUT/index.html``.
+
+    Parameters
+    ----------
+    out : output directory (stage folders, ``manifest.json``, ``index.html``)
+    quick : the ``quick`` profile (about a minute) instead of ``default``
+    backend : backend name or Backend (default: ``$ZFSCRATCH_BACKEND`` or auto)
+    data : data spec (default: the embedded synthetic data)
+    force : recompute the stages named in ``stages`` (every stage when ``stages`` is None)
+    stages : names of the stages to run (their inputs are added, and reused when finished); default all
+    progress : progress bars of the stages
+    log : callable for the per-stage progress lines (default: print to stdout)
+    command : the command line shown in the report (default: reconstructed from the arguments)
+
+    Returns
+    -------
+    the manifest dict (``stages``: name -> status, hash, seconds, result, ...), plus ``report`` (the
+    HTML path) and ``failed`` (names of failed stages).
+    """
+    from zfscratch.backend import BackendError, get_backend
+    from zfscratch.report import write_report
+    log = log or (lambda msg: print(msg, flush=True))
+    profile = "quick" if quick else "default"
+    try:
+        be = get_backend(backend)
+    except BackendError as e:
+        raise UserError(f"--backend: {e}") from None
+    spec = data_spec(data, profile)
+    out = os.path.abspath(os.fspath(out))
+    from zfscratch.train import check_writable_dir
+    check_writable_dir(out)
+    from zfscratch import pipeline  # looked up at call time: a caller (the tests) may replace build_stages
+    all_stages = pipeline.build_stages(profile)
+    names = [s.name for s in all_stages]
+    wanted = set(names)
+    if stages:
+        unknown = [s for s in stages if s not in names]
+        if unknown:
+            raise UserError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(names)}")
+        wanted = set()
+        todo = list(stages)
+        by_name = {s.name: s for s in all_stages}
+        while todo:
+            n = todo.pop()
+            if n not in wanted:
+                wanted.add(n)
+                todo.extend(by_name[n].inputs)
+    forced = set(names) if force and not stages else (set(stages) if force else set())
+    ctx = Context(out, spec, be, profile, progress=progress, log=log)
+    manifest = load_manifest(out)
+    if command is None:
+        command = "zfscratch run" + (f" --out {_q(os.path.relpath(out))}" if os.path.relpath(out) != "report" else "") \
+            + (" --quick" if quick else "") + (f" --backend {be.name}" if backend else "") \
+            + (f" --data {_q(data)}" if data else "") + (" --force" if force else "")
+    manifest.update(format=MANIFEST_FORMAT, version=PIPELINE_VERSION, profile=profile, spec=spec,
+                    command=command, machine=machine_info(be), budget=PROFILES[profile],
+                    budget_note=BUDGET_NOTE if not data else None)
+    manifest.setdefault("stages", {})
+    last = manifest["last_run"] = {}
+    tokens = {n: e.get("token") for n, e in manifest["stages"].items()}
+    failed, t_all, c_all = [], time.perf_counter(), time.process_time()
+    run_list = [s for s in all_stages if s.name in wanted]
+    log(f"zfscratch run: {len(run_list)} stages, profile {profile}, data {spec}, backend {be.name}, output {out}")
+    for k, st in enumerate(run_list, 1):
+        head = f"[{k}/{len(run_list)}] {st.name:<15}"
+        bad_inputs = [i for i in st.inputs if i in failed or (i not in wanted and
+                                                               manifest["stages"].get(i, {}).get("status") != "done")]
+        h = stage_hash(st, spec, tokens)
+        entry = manifest["stages"].get(st.name)
+        if bad_inputs:
+            manifest["stages"][st.name] = {"hash": None, "status": "not run", "token": None,
+                                           "error": f"needs {', '.join(bad_inputs)}, which did not finish"}
+            failed.append(st.name)
+            last[st.name] = "not run"
+            log(f"{head} not run: needs {', '.join(bad_inputs)}")
+            save_manifest(out, manifest)
+            continue
+        if st.name not in forced and _reusable(entry, h, ctx):
+            ctx.results[st.name] = entry.get("result") or {}
+            last[st.name] = "reused"
+            log(f"{head} reused (computed {entry.get('finished', '?')} in {entry.get('seconds', 0):.1f} s)")
+            continue
+        if st.synthetic_only and not ctx.synthetic:
+            res = {"skipped": f"needs part landmarks, which only the synthetic data has (data: {spec})"}
+            entry = {"hash": h, "status": "skipped", "token": h, "result": res, "files": [], "seconds": 0.0,
+                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            manifest["stages"][st.name] = entry
+            tokens[st.name] = entry["token"]
+            ctx.results[st.name] = res
+            last[st.name] = "skipped"
+            log(f"{head} skipped: {res['skipped']}")
+            save_manifest(out, manifest)
+            continue
+        log(f"{head} {st.title} ...")
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            res = st.func(ctx, dict(st.config))
+        except KeyboardInterrupt:
+            save_manifest(out, manifest)
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded, the job goes on
+            if st.name == "data" and isinstance(e, UserError):
+                raise
+            dt = time.perf_counter() - t0
+            msg = f"{type(e).__name__}: {e}"
+            manifest["stages"][st.name] = {"hash": None, "status": "failed", "token": None, "error": msg,
+                                           "traceback": traceback.format_exc(limit=6), "seconds": dt,
+                                           "started": started, "backend": be.name}
+            tokens[st.name] = None
+            failed.append(st.name)
+            last[st.name] = "failed"
+            log(f"{head} FAILED after {dt:.1f} s: {msg}")
+            save_manifest(out, manifest)
+            continue
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        files = []
+        res = _relativize(_jsonable(res), ctx, files)
+        entry = {"hash": h, "status": "done", "token": uuid.uuid4().hex[:12], "result": res,
+                 "files": sorted(set(files)), "seconds": dt, "cpu_seconds": cpu, "started": started,
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "backend": be.name,
+                 "config": _jsonable(st.config)}
+        manifest["stages"][st.name] = entry
+        tokens[st.name] = entry["token"]
+        ctx.results[st.name] = res
+        last[st.name] = "computed"
+        log(f"{head} done in {dt:.1f} s")
+        save_manifest(out, manifest)
+    manifest["total_seconds"] = time.perf_counter() - t_all
+    manifest["total_cpu_seconds"] = time.process_time() - c_all
+    manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save_manifest(out, manifest)
+    html = write_report(out, manifest, all_stages, ctx)
+    log(f"report: {html}" + (f"  ({len(failed)} stage(s) failed: {', '.join(failed)})" if failed else ""))
+    manifest["report"] = html
+    manifest["failed"] = failed
+    return manifest

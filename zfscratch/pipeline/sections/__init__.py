@@ -1,0 +1,35 @@
+"""The report's sections, in order: one module per section (its stage, renderer and commands).
+
+Adding a section: write ``sections/<name>.py`` with ``stage_<name>(ctx, cfg)``, ``render_<name>(res, ctx)``,
+``cmds_<name>(ctx, cfg)`` and ``section(p, budget) -> Stage`` (see any module here), then add the module to
+:data:`SECTIONS` below (one line). Its settings go in :data:`zfscratch.pipeline.profiles.PROFILES`.
+"""
+from __future__ import annotations
+
+from zfscratch.pipeline.profiles import PROFILES
+from zfscratch.pipeline.sections import (architecture, correspondence, data, evaluate, evolution, filters,
+                                         invariance, layerwise, occlusion, reconstruct, topk, train)
+
+#: the sections of the report, in the order they run and appear
+SECTIONS = [
+    data,
+    train,
+    evaluate,
+    filters,
+    topk,
+    evolution,
+    reconstruct,
+    occlusion,
+    invariance,
+    correspondence,
+    layerwise,
+    architecture,
+]
+
+
+def build_stages(profile="default"):
+    """The stages of ``zfscratch run`` for a profile (see :data:`PROFILES`), in order."""
+    p = PROFILES[profile]
+    budget = dict(epochs=p["epochs"], batch=p["batch"], lr=p["lr"], size=p["size"], seed=0,
+                  dropout=p.get("dropout", 0.5))
+    return [mod.section(p, budget) for mod in SECTIONS]

@@ -1,0 +1,79 @@
+"""Report section "Occlusion sensitivity": its stage, report renderer and stand-alone commands."""
+from __future__ import annotations
+
+import numpy as np
+
+from zfscratch.pipeline.runner import Stage
+from zfscratch.pipeline.text import _backend_opt, _fmt, _q
+
+
+def _occlusion_indices(ds, n):
+    """The first image of each of the first ``n`` classes (different classes make a better figure)."""
+    labels = np.asarray(ds.labels() if callable(getattr(ds, "labels", None)) else ds.labels)
+    out = []
+    for c in np.unique(labels):
+        out.append(int(np.nonzero(labels == c)[0][0]))
+        if len(out) == n:
+            break
+    return sorted(out) or [0]
+
+
+def stage_occlusion(ctx, cfg):
+    from zfscratch.experiments.occlusion import run_occlusion
+    net, meta = ctx.model()
+    split, ds = ctx.test()
+    patch = int(cfg["patch"])
+    out = ctx.dir("occlusion")
+    items = []
+    for i in _occlusion_indices(ds, cfg["images"]):
+        r = run_occlusion(net, meta, out, dataset=ds, index=i, patch=patch, stride=cfg["stride"],
+                          progress=ctx.progress, name=f"occlusion_{i}")
+        items.append({k: r.get(k) for k in ("label_name", "base_label_name", "base_prob_true", "min_prob_true",
+                                            "min_prob_position_xy", "bbox", "min_inside_bbox", "layer",
+                                            "map_index", "positions", "positions_per_s", "seconds",
+                                            "figure", "json", "top_label_names")} | {"index": i})
+    inside = [it["min_inside_bbox"] for it in items if it.get("min_inside_bbox") is not None]
+    return {"split": split, "patch": patch, "stride": cfg["stride"], "images": items,
+            "min_inside_fraction": (float(np.mean(inside)) if inside else None)}
+
+
+def render_occlusion(res, ctx):
+    rows = [[it["index"], it["label_name"], it["base_label_name"], _fmt(it["base_prob_true"]),
+             _fmt(it["min_prob_true"]), "n/a" if it.get("min_inside_bbox") is None else
+             ("yes" if it["min_inside_bbox"] else "no"), f"{it['positions']} ({it['positions_per_s']:.0f}/s)"]
+            for it in res["images"]]
+    blocks = [("table", ["image", "true class", "predicted", "P(true)", "lowest P(true) occluded",
+                         "lowest inside the object", "positions"], rows),
+              ("kv", [("occluder", f"{res['patch']}x{res['patch']} px, stride {res['stride']} px, filled with "
+                                   "the training mean")])]
+    for it in res["images"]:
+        blocks.append(("fig", it["figure"], f"Image {it['index']} ({it['label_name']}): input, (b) projection of "
+                                            f"{it['layer']} map {it['map_index']}, (a) its total activation, (c) "
+                                            "P(true class) and (d) the most probable label, per occluder position."))
+    return blocks
+
+
+def cmds_occlusion(ctx, cfg):
+    split = ctx.split(("test", "val"))
+    cmds = []
+    try:
+        _, ds = ctx.test()
+        idx = _occlusion_indices(ds, cfg["images"])
+    except Exception:  # noqa: BLE001 - commands are informative
+        idx = [0]
+    for i in idx:
+        cmds.append(f"zfscratch occlude --weights {_q(ctx.cmd(ctx.weights))} --data {_q(ctx.spec)} --split {split} "
+                    f"--index {i} --patch {cfg['patch']} --stride {cfg['stride']} --name occlusion_{i} "
+                    f"--out {_q(ctx.cmd(ctx.dir('occlusion')))}{_backend_opt(ctx)}")
+    return cmds
+
+
+def section(p, budget):
+    """This section's :class:`~zfscratch.pipeline.runner.Stage` for the profile settings ``p``
+    (:data:`zfscratch.pipeline.profiles.PROFILES`) and the shared training ``budget``."""
+    return Stage("occlusion", "Occlusion sensitivity", stage_occlusion, ("train",),
+        dict(images=p["occlusion_images"], stride=p["occlusion_stride"], patch=max(2, round(p["size"] / 4))),
+        "Fig 7",
+        "A grey square slid over the image. If the model uses the object, P(true class) drops when the object "
+        "(not the background) is covered, and the strongest layer-5 map's activation drops over its part.",
+        cmds_occlusion, render_occlusion)
