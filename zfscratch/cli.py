@@ -54,6 +54,19 @@ def build_parser():
     return parser
 
 
+def add_distributed_arg(p):
+    """``--distributed``: run over the MPI world (``mpirun -n K zfscratch ...``)."""
+    p.add_argument("--distributed", action="store_true", default=None,
+                   help="run over the MPI world (start with mpirun -n K; detected without the flag when an MPI "
+                        "launcher starts several processes; needs the [distributed] extra)")
+
+
+def world_of(args):
+    """The MPI world (or one process) for a command's ``--distributed`` flag."""
+    from zfscratch.distributed import get_world
+    return get_world(True if getattr(args, "distributed", None) else None)
+
+
 def main(argv=None):
     """Entry point of the ``zfscratch`` console script. Returns the exit status."""
     parser = build_parser()
@@ -61,14 +74,24 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from zfscratch import distributed
     try:
         return int(args.func(args) or 0)
     except UserError as e:
+        # several MPI ranks: one line on rank 0 (errors all ranks agreed on), or one line from the
+        # failing rank, which then exits at once so that the launcher stops the others
+        status = distributed.exit_on_error(e, 2)
+        if status is not None:
+            return status
         print(f"zfscratch: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zfscratch: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if distributed.current() is not None:
+            distributed.exit_on_error(e, 1)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

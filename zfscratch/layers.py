@@ -470,7 +470,10 @@ class Linear(Layer):
 class Dropout(Layer):
     """Inverted dropout: in training, zero each unit with probability ``p`` and scale the rest by
     ``1/(1-p)``; identity in evaluation. The mask comes from a seeded NumPy generator whose state is
-    part of checkpoints (exact resume)."""
+    part of checkpoints (exact resume) -- or, when :attr:`sample_rng` is set (a
+    :class:`zfscratch.samplerng.SampleRNG` for the batch, see ``Sequential.set_sample_rng``), from
+    each sample's own stream keyed by its global index and epoch, so that the masks do not depend on
+    how a global batch is split over data-parallel workers."""
 
     kind = "Dropout"
 
@@ -479,7 +482,9 @@ class Dropout(Layer):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"layer {self.name}: dropout p must be in [0, 1), got {p}")
         self.p = float(p)
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
+        self.sample_rng = None
         self._mask = None
 
     def config(self):
@@ -492,7 +497,14 @@ class Dropout(Layer):
         if not train or self.p == 0.0:
             self._mask = None
             return x
-        keep = (self.rng.random(x.shape) >= self.p).astype(np.dtype(x.dtype)) / np.dtype(x.dtype).type(1 - self.p)
+        if self.sample_rng is not None:
+            if len(self.sample_rng) != x.shape[0]:
+                raise ValueError(f"layer {self.name}: sample keys for {len(self.sample_rng)} samples, batch "
+                                 f"of {x.shape[0]}")
+            u = self.sample_rng.stream(self.seed).random(x.shape)
+        else:
+            u = self.rng.random(x.shape)
+        keep = (u >= self.p).astype(np.dtype(x.dtype)) / np.dtype(x.dtype).type(1 - self.p)
         self._mask = self.backend.to_device(keep)
         return x * self._mask
 

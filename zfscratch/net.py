@@ -174,6 +174,12 @@ class Sequential:
         """States of the dropout generators (part of checkpoints)."""
         return {l.name: l.rng.bit_generator.state for l in self.dropout_layers()}
 
+    def set_sample_rng(self, sample_rng):
+        """Draw dropout masks per sample from ``sample_rng`` (a :class:`zfscratch.samplerng.SampleRNG`
+        for the next training batch; None: back to the layers' own generators)."""
+        for l in self.dropout_layers():
+            l.sample_rng = sample_rng
+
     def set_rng_state(self, state):
         for l in self.dropout_layers():
             if l.name in state:

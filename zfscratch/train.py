@@ -63,6 +63,7 @@ from zfscratch.util.figures import new_figure, save_png
 from zfscratch.util.jsonio import jsonable as _jsonable  # NaN/inf -> null: valid JSON
 from zfscratch.util.numerics import softmax as _softmax
 from zfscratch.util.progress import tqdm_bar as _tqdm
+from zfscratch.samplerng import SampleRNG
 
 CHECKPOINT_FORMAT = "zfscratch-checkpoint"
 DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
@@ -201,9 +202,11 @@ class Cached:
         imgs, lab = self.ds.get_batch(idx)
         return self.prep.prepare(imgs), np.asarray(lab, np.int64)
 
-    def batches(self, size):
-        for s in range(0, self.n, size):
-            yield self.get(np.arange(s, min(self.n, s + size)))
+    def batches(self, size, start=0, stop=None):
+        """Batches of ``size`` over the images ``[start, stop)`` (default: all)."""
+        stop = self.n if stop is None else stop
+        for s in range(start, stop, size):
+            yield self.get(np.arange(s, min(stop, s + size)))
 
 
 
@@ -212,7 +215,7 @@ class Cached:
 # Evaluation
 # =============================================================================================
 
-def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True, desc="evaluate"):
+def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True, desc="evaluate", world=None):
     """Classify every image of ``data`` and score the predictions.
 
     Parameters
@@ -221,6 +224,8 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
     data : dataset (``get_batch``/``labels``) or :class:`Cached`
     prep : Preprocess
     ten_crop : average the softmax over the paper's 10 views (4 corners + centre, mirrored)
+    world : a :class:`zfscratch.distributed.World`: each rank scores a contiguous shard and the
+        counts are summed over the ranks (every rank returns the merged result)
 
     Returns
     -------
@@ -238,8 +243,11 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
     conf = np.zeros((k, k), np.int64)
     loss_sum, top5, n = 0.0, 0, 0
     topk = min(5, k)
-    bar = _tqdm(total=len(cached), desc=desc, unit="img", disable=quiet, leave=False)
-    for imgs, y in cached.batches(batch):
+    from zfscratch.distributed import World, shard_range
+    world = world or World()
+    lo, hi = shard_range(len(cached), world.rank, world.size)
+    bar = _tqdm(total=hi - lo, desc=desc, unit="img", disable=quiet, leave=False)
+    for imgs, y in cached.batches(batch, lo, hi):
         if ten_crop:
             views = prep.ten_crop(imgs)
             p = 0.0
@@ -256,6 +264,10 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
         n += len(y)
         bar.update(len(y))
     bar.close()
+    if world.distributed:
+        world.allreduce_sum(conf, what="merging evaluation counts")
+        tot = world.allreduce_sum(np.array([loss_sum, top5, n], np.float64), what="merging evaluation counts")
+        loss_sum, top5, n = float(tot[0]), int(tot[1]), int(tot[2])
     correct = int(np.trace(conf))
     per_class = {}
     for c in range(k):
@@ -272,10 +284,43 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
 
 
 def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, backend=None, out_dir=None,
-                     quiet=False):
+                     quiet=False, world=None):
     """Evaluate a weights file on a dataset; writes ``evaluation[_SPLIT].json`` and
     ``confusion[_SPLIT].png`` into ``out_dir`` (default: the weights' folder). Returns the result
-    dict (plus ``json``/``png`` paths)."""
+    dict (plus ``json``/``png`` paths). With an MPI ``world`` each rank scores its shard, rank 0
+    merges and writes."""
+    from zfscratch.distributed import World
+    world = world or World()
+    err = None
+    try:
+        net, meta, prep, ds, k, classes, ds_classes, out_dir = _evaluation_setup(
+            weights, data, split, backend, out_dir, world)
+    except UserError as e:
+        if not world.distributed:
+            raise
+        err = e
+    world.agree(err)
+    if world.distributed:
+        from zfscratch.distributed import array_digest
+        world.check_same("the model", array_digest(net.state_dict()))
+        world.check_same("the data", [len(ds), array_digest({"y": _labels_of(ds)})])
+    cached = Cached(ds, prep, limit_bytes=0)
+    res = evaluate(net, cached, prep, batch=batch, ten_crop=ten_crop, classes=classes or ds_classes,
+                   quiet=quiet or not world.is_root, desc=f"evaluate {split}", world=world)
+    res.update(weights=os.path.abspath(weights), data=str(data) if isinstance(data, str) else _describe(ds),
+               split=split, backend=net.backend.name, ranks=world.size)
+    tag = "" if split in (None, "") else f"_{split}"
+    jpath = os.path.join(out_dir, f"evaluation{tag}.json")
+    ppath = os.path.join(out_dir, f"confusion{tag}.png")
+    if world.is_root:
+        zio.atomic_write_text(jpath, json.dumps(_jsonable(res), indent=1) + "\n")
+        plot_confusion(res["confusion"], res["classes"], ppath,
+                       title=f"{os.path.basename(weights)} on {split}: top-1 error {res['top1_error']:.2%}")
+    res.update(json=jpath, png=ppath)
+    return res
+
+
+def _evaluation_setup(weights, data, split, backend, out_dir, world):
     net, meta = zio.load_weights(weights, backend=backend)
     prep = Preprocess.from_meta(meta)
     ds = open_data(data, split)
@@ -288,20 +333,9 @@ def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, back
     if len(ds) == 0:
         raise UserError(f"dataset {data} (split {split}) holds no images")
     out_dir = out_dir or os.path.dirname(os.path.abspath(weights))
-    check_writable_dir(out_dir)
-    cached = Cached(ds, prep, limit_bytes=0)
-    res = evaluate(net, cached, prep, batch=batch, ten_crop=ten_crop, classes=classes or ds_classes,
-                   quiet=quiet, desc=f"evaluate {split}")
-    res.update(weights=os.path.abspath(weights), data=str(data) if isinstance(data, str) else _describe(ds),
-               split=split, backend=net.backend.name)
-    tag = "" if split in (None, "") else f"_{split}"
-    jpath = os.path.join(out_dir, f"evaluation{tag}.json")
-    ppath = os.path.join(out_dir, f"confusion{tag}.png")
-    zio.atomic_write_text(jpath, json.dumps(_jsonable(res), indent=1) + "\n")
-    plot_confusion(res["confusion"], res["classes"], ppath,
-                   title=f"{os.path.basename(weights)} on {split}: top-1 error {res['top1_error']:.2%}")
-    res.update(json=jpath, png=ppath)
-    return res
+    if world.is_root:
+        check_writable_dir(out_dir)
+    return net, meta, prep, ds, k, classes, ds_classes, out_dir
 
 
 # =============================================================================================
@@ -480,11 +514,28 @@ class Trainer:
     """One training run (use :func:`train_model`)."""
 
     def __init__(self, data, out_dir, cfg, backend=None, resume=False, overwrite=False, quiet=False,
-                 progress=None):
+                 progress=None, world=None):
+        from zfscratch.distributed import World
         self.t0, self.c0 = time.perf_counter(), time.process_time()  # data loading counts too
+        self.world = world or World()
         self.out_dir = os.fspath(out_dir)
         self.files = run_files(self.out_dir)
-        self.quiet, self.progress_cb = quiet, progress
+        self.quiet, self.progress_cb = quiet or not self.world.is_root, progress
+        # every rank checks everything; errors are agreed on before anything is written
+        err = None
+        try:
+            self._setup(data, cfg, backend, resume, overwrite)
+        except UserError as e:
+            if not self.world.distributed:
+                raise
+            err = e
+        self.world.agree(err)
+        if self.world.distributed:
+            self._check_ranks_agree()
+        if self._clear_pending and self.world.is_root:
+            self._clear_run()
+
+    def _setup(self, data, cfg, backend, resume, overwrite):
         self.resume = resume
         ck_arrays = ck_meta = None
         if resume:
@@ -534,7 +585,11 @@ class Trainer:
         self.num_classes = k
         self.backend_name = backend
 
-        check_writable_dir(self.out_dir)
+        if self.world.is_root:  # only rank 0 writes the run directory
+            check_writable_dir(self.out_dir)
+        k_ranks = self.world.size
+        if cfg["batch"] % k_ranks:
+            raise UserError(f"--batch {cfg['batch']} (the global batch) is not divisible by the {k_ranks} ranks")
 
         # preprocessing and model
         if ck_meta is not None:
@@ -542,8 +597,7 @@ class Trainer:
                                               "extra": {"mean": ck_arrays["mean"]} if "mean" in ck_arrays else {}})
         else:
             self.prep = self._make_prep()
-        if ck_meta is None and overwrite:
-            self._clear_run()
+        self._clear_pending = ck_meta is None and overwrite  # once every rank has agreed
         self._load_caches()
         if ck_meta is None:
             self.prep.fit_mean(b for b, _ in self.train.batches(512))
@@ -619,8 +673,17 @@ class Trainer:
         self.history, self.elapsed_before, self.cpu_before = [], 0.0, 0.0
         from zfscratch.data import BatchIterator
         flip, crop = "flip" in cfg["augment"], "crop" in cfg["augment"]
-        self.it = BatchIterator(self.train, cfg["batch"], shuffle=True, seed=cfg["seed"],
+        w = self.world
+        # augmentation and dropout keyed by (seed, epoch, global sample index): the same draws for
+        # any number of ranks; each rank takes its share of every global batch
+        self.it = BatchIterator(self.train, cfg["batch"] // w.size, shuffle=True, seed=cfg["seed"], rank=w.rank,
+                                world_size=w.size, sample_keys=True, return_indices=True,
+                                yield_empty=w.distributed,
                                 transform=lambda imgs, rng: self.prep.augment(imgs, rng, flip=flip, crop=crop))
+        self.reducer = None
+        if w.distributed:
+            from zfscratch.distributed import GradientReducer
+            self.reducer = GradientReducer(self.net, w)
         if ck_meta is not None:
             self.it.load_state_dict(ck_meta["iterator"])
             params = {k[len("param/"):]: v for k, v in ck_arrays.items() if k.startswith("param/")}
@@ -637,6 +700,53 @@ class Trainer:
             self.history = list(ck_meta["history"])
             self.elapsed_before = float(ck_meta["elapsed_s"])
             self.cpu_before = float(ck_meta.get("cpu_s", 0.0))
+
+    # -- several ranks -----------------------------------------------------------------------
+    def _check_ranks_agree(self):
+        """Every rank must hold the same data, preprocessing, model and state (CollectiveError)."""
+        from zfscratch.distributed import array_digest
+        w = self.world
+        w.check_same("the training options", _fingerprint(self._cfg_json()))
+        w.check_same("the training data", {"n": len(self.train), "labels": array_digest({"y": self.train.labels}),
+                                           "val_n": len(self.val), "classes": self.classes},
+                     describe=lambda v: f"{v['n']} training images (labels {v['labels']}), {v['val_n']} validation")
+        mean = {} if self.prep.mean is None else {"mean": self.prep.mean}
+        w.check_same("the preprocessing", [self.prep.to_meta(), array_digest(mean)])
+        w.check_same("the model", [self.net.config, array_digest(self.net.state_dict())],
+                     describe=lambda v: f"{v[0].get('arch')} weights {v[1]}")
+        w.check_same("the resume point", [self.epoch, self.pos, self.step])
+
+    def _distributed_step(self, x, y, idx, nan_at):
+        """Forward and backward on this rank's share, gradients and loss sums all-reduced.
+        Returns (global mean loss, images, correct predictions) of the global batch."""
+        n_local, n_global = len(y), self.it.last_step[2]
+        dy, loss_sum, correct = None, 0.0, 0
+        if n_local:
+            self.net.set_sample_rng(SampleRNG(self.cfg["seed"], self.it.last_step[0], idx, stream=0xD0))
+            logits = self.net.forward(self.be.to_device(x), train=True)
+            loss = float(self.loss_fn.forward(logits, y))
+            if nan_at and self.step + 1 == nan_at:
+                loss = float("nan")
+            loss_sum = loss * n_local
+            correct = int((self.be.to_host(self.loss_fn.probs).argmax(axis=1) == y).sum())
+            dy = self.loss_fn.backward()
+        self.reducer.backward(dy, scale=n_local / n_global)
+        tot = self.world.allreduce_sum(np.array([loss_sum, correct, n_local], np.float64), what="loss all-reduce")
+        return float(tot[0] / max(tot[2], 1)), int(tot[2]), int(tot[1])
+
+    def _sync_weights(self):
+        """All-reduce sums are not guaranteed bit-identical on every rank for every MPI algorithm:
+        compare the weights' digests once an epoch and, if they drifted, take rank 0's."""
+        from zfscratch.distributed import array_digest
+        digests = self.world.allgather(array_digest(self.net.state_dict()), what="comparing weights")
+        if len(set(digests)) > 1:
+            for (_, p), v in zip(self.net.params(), self.opt.velocity):
+                for a in (p, v):
+                    h = np.ascontiguousarray(self.be.to_host(a))
+                    self.world.bcast_array(h, what="broadcasting weights")
+                    a[...] = self.be.to_device(h)
+            if self.world.is_root and not self.quiet:
+                _log("ranks' weights drifted by rounding; all ranks now hold rank 0's")
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _train_meta(self):
@@ -664,6 +774,8 @@ class Trainer:
 
     def save_checkpoint(self):
         self._check_finite_params("writing the checkpoint")
+        if not self.world.is_root:
+            return
         arrays = {f"param/{k}": v for k, v in self.net.state_dict().items()}
         opt_state = self.opt.state_dict()
         arrays.update({f"velocity/{k}": v for k, v in opt_state.pop("velocity").items()})
@@ -695,6 +807,8 @@ class Trainer:
     def _write_metrics(self, final=False):
         """metrics.csv and metrics.json every time; the curve at the end, and during the run at most
         once a minute (drawing it costs about a second)."""
+        if not self.world.is_root:
+            return
         buf = _io.StringIO()
         w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
@@ -722,6 +836,8 @@ class Trainer:
 
     def save_snapshot(self, epoch):
         self._check_finite_params("writing a snapshot")
+        if not self.world.is_root:
+            return
         zio.save_weights(snapshot_path(self.out_dir, epoch), self.net, meta=self._weights_meta(epoch),
                          extra=self._extra())
 
@@ -730,6 +846,7 @@ class Trainer:
         cfg = self.cfg
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         nan_at = int(os.environ.get(NAN_ENV, "0") or 0)
+        fail_hook = _rank_hook(self.world.rank)
         n, bsz = len(self.train), cfg["batch"]
         nb = math.ceil(n / bsz)
         eval_batch = cfg["eval_batch"] or max(bsz, 64)
@@ -754,23 +871,34 @@ class Trainer:
                 raise UserError(f"checkpoint {self.files['checkpoint']} is inconsistent: iterator at epoch "
                                 f"{self.it.epoch} position {self.it.position}, training at epoch {self.epoch} "
                                 f"batch {self.pos}")
-            for x, y in (self.it if self.pos < nb else ()):
+            for x, y, idx in (self.it if self.pos < nb else ()):
                 i = self.pos
                 if cfg["lr_schedule"] == "cosine":
                     self.opt.lr = cosine_lr(cfg["lr"], self.step, total_steps)
                 self.net.zero_grads()
-                logits = self.net.forward(self.be.to_device(x), train=True)
-                loss = float(self.loss_fn.forward(logits, y))
-                if nan_at and self.step + 1 == nan_at:
-                    loss = float("nan")
+                if fail_hook:
+                    fail_hook(self.step + 1)
+                if self.reducer is not None:  # forward, backward, all-reduce (losses too)
+                    loss, n_seen, n_correct = self._distributed_step(x, y, idx, nan_at)
+                else:
+                    self.net.set_sample_rng(SampleRNG(cfg["seed"], self.it.last_step[0], idx, stream=0xD0))
+                    logits = self.net.forward(self.be.to_device(x), train=True)
+                    loss = float(self.loss_fn.forward(logits, y))
+                    if nan_at and self.step + 1 == nan_at:
+                        loss = float("nan")
                 if not math.isfinite(loss):
                     bar.close()
-                    raise TrainingDiverged(
+                    err = TrainingDiverged(
                         f"loss became {loss} at step {self.step + 1} (epoch {e}, batch {i + 1}/{nb}, lr "
                         f"{self.opt.lr:g}); training stopped, the last good checkpoint "
                         f"{self.files['checkpoint']} is kept (resume with --resume, or start again with a "
                         f"lower --lr)")
-                self.net.backward(self.loss_fn.backward())
+                    err.collective = True  # with several ranks: all saw the same all-reduced loss
+                    raise err
+                if self.reducer is None:
+                    self.net.backward(self.loss_fn.backward())
+                    pred = self.be.to_host(self.loss_fn.probs).argmax(axis=1)
+                    n_seen, n_correct = len(y), int((pred == y).sum())
                 base_lr = self.opt.lr  # what the schedule controls; warm-up scales only this step
                 if self.step < warm_steps:
                     self.opt.lr = base_lr * (self.step + 1) / warm_steps
@@ -778,10 +906,9 @@ class Trainer:
                 step_lr, self.opt.lr = self.opt.lr, base_lr
                 self.step += 1
                 self.pos = i + 1
-                pred = self.be.to_host(self.loss_fn.probs).argmax(axis=1)
-                self.sums["loss"] += loss * len(y)
-                self.sums["correct"] += int((pred == y).sum())
-                self.sums["seen"] += len(y)
+                self.sums["loss"] += loss * n_seen
+                self.sums["correct"] += n_correct
+                self.sums["seen"] += n_seen
                 bar.update(1)
                 if not self.quiet:
                     dt = time.perf_counter() - t_wall
@@ -805,8 +932,10 @@ class Trainer:
 
     def _end_epoch(self, e, eval_batch):
         self._check_finite_params("validation")
+        if self.world.distributed:
+            self._sync_weights()
         res = evaluate(self.net, self.val, self.prep, batch=eval_batch, classes=self.classes,
-                       quiet=self.quiet, desc=f"validate {e}")
+                       quiet=self.quiet, desc=f"validate {e}", world=self.world)
         if not math.isfinite(res["loss"]):
             raise TrainingDiverged(f"validation loss became {res['loss']} after epoch {e} (lr {self.opt.lr:g}); "
                                    f"the last good checkpoint {self.files['checkpoint']} is kept")
@@ -818,6 +947,9 @@ class Trainer:
                "val_top5_acc": res["top5_accuracy"], "epoch_time_s": s["time"], "elapsed_s": self._elapsed(),
                "cpu_s": self._cpu(),
                "images_per_s": s["seen"] / max(s["time"], 1e-9), "lr_annealed": int(annealed)}
+        if self.reducer is not None:  # JSON only: ranks, and the all-reduce wait per step this session
+            row.update(ranks=self.world.size,
+                       allreduce_ms_per_step=1e3 * self.reducer.allreduce_s / max(self.reducer.steps, 1))
         self.history.append(row)
         self.epoch, self.pos = e, 0
         self.sums = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
@@ -835,7 +967,8 @@ class Trainer:
     def _finish(self):
         self._check_finite_params("writing the final weights")
         meta = self._weights_meta(self.epoch)
-        zio.save_weights(self.files["weights"], self.net, meta=meta, extra=self._extra())
+        if self.world.is_root:
+            zio.save_weights(self.files["weights"], self.net, meta=meta, extra=self._extra())
         self._write_metrics(final=True)
         last = self.history[-1] if self.history else {}
         result = {"out_dir": self.out_dir, **self.files,
@@ -851,6 +984,38 @@ class Trainer:
                  f"{self.files['weights']}")
         self._emit(event="done", **{k: v for k, v in result.items() if k != "history"})
         return result
+
+
+def _fingerprint(obj):
+    import hashlib
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+RANK_FAIL_ENV = "ZFSCRATCH_TEST_FAIL_RANK"
+RANK_HANG_ENV = "ZFSCRATCH_TEST_HANG_RANK"
+
+
+def _rank_hook(rank):
+    """Test hooks: ``$ZFSCRATCH_TEST_FAIL_RANK=R:N`` makes rank R raise an error before step N;
+    ``$ZFSCRATCH_TEST_HANG_RANK=R:N`` makes it hang there (sleep) -- to test that one rank's failure
+    stops every rank."""
+    hooks = []
+    for env, act in ((RANK_FAIL_ENV, "fail"), (RANK_HANG_ENV, "hang")):
+        v = os.environ.get(env, "")
+        if ":" in v:
+            r, n = (int(p) for p in v.split(":", 1))
+            if r == rank:
+                hooks.append((n, act))
+    if not hooks:
+        return None
+
+    def hook(step):
+        for n, act in hooks:
+            if step == n and act == "fail":
+                raise OSError(f"injected failure at step {step} (${RANK_FAIL_ENV})")
+            if step == n and act == "hang":
+                time.sleep(3600)
+    return hook
 
 
 def cosine_lr(lr0, step, total_steps):
@@ -873,7 +1038,7 @@ def _log(msg):
 
 
 def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, backend=None, snapshots=None,
-                seed=None, quiet=False, progress=None, resume=False, overwrite=False, **options):
+                seed=None, quiet=False, progress=None, resume=False, overwrite=False, distributed=None, **options):
     """Train a network and write a run directory (see the module docstring).
 
     Parameters
@@ -893,6 +1058,10 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
     resume : continue from ``out_dir/checkpoint.npz`` (options default to the checkpoint's; only
         epochs, snapshots, checkpoint_every and eval_batch may change).
     overwrite : replace a run already in ``out_dir``.
+    distributed : data-parallel over the MPI world (``mpirun -n K``): True requires one, None
+        (default) uses one when an MPI launcher started several processes, False never. ``batch`` is
+        the global batch (divisible by K); each rank takes its share of every global batch, gradients
+        are all-reduced, rank 0 writes the run directory. Results match one process to rounding.
     **options : any other key of :data:`DEFAULTS`: model_config (architecture overrides, e.g.
         ``{"conv1": [5, 1, 2]}``), input_size, resize, pad, momentum, weight_decay, renorm_rms,
         lr_schedule ("plateau": x lr_factor when the validation accuracy has not improved by
@@ -917,6 +1086,12 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
     if unknown:
         raise TypeError(f"train_model() got unknown options: {', '.join(unknown)}")
     cfg = dict(options, model=model, epochs=epochs, batch=batch, lr=lr, snapshots=snapshots, seed=seed)
+    from zfscratch.distributed import get_world
+    world = get_world(distributed)
     trainer = Trainer(data, out_dir, cfg, backend=backend, resume=resume, overwrite=overwrite, quiet=quiet,
-                      progress=progress)
-    return trainer.run()
+                      progress=progress, world=world)
+    try:
+        return trainer.run()
+    except TrainingDiverged as e:
+        e.collective = world.distributed  # decided on all-reduced values: every rank raises it
+        raise

@@ -28,7 +28,7 @@ def _ints(s, opt):
 
 
 def register(sub):
-    from zfscratch.cli import add_backend_arg
+    from zfscratch.cli import add_backend_arg, add_distributed_arg
     from zfscratch.models import ARCHS
     from zfscratch.train import DEFAULTS as D
 
@@ -95,6 +95,7 @@ def register(sub):
                         "(default), lcn = subtractive + divisive local contrast normalization, none")
     p.add_argument("--eval-batch", type=int, default=None, help="batch size for validation")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_distributed_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 error, per-class accuracy and confusion matrix of a weights file",
@@ -108,6 +109,7 @@ def register(sub):
     p.add_argument("--out", default=None, metavar="DIR", help="where to write the JSON and PNG (default: the weights' folder)")
     add_backend_arg(p)
     p.add_argument("--quiet", action="store_true")
+    add_distributed_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -139,7 +141,10 @@ def cmd_train(args):
         momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, lr_factor=args.lr_factor,
         lr_patience=args.lr_patience, min_lr=args.min_lr, val_split=args.val_split, val_data=args.val_data,
         checkpoint_every=args.checkpoint_every, augment=args.augment, scale=args.scale, mean=args.mean,
-        eval_batch=args.eval_batch, warmup=args.warmup)
+        eval_batch=args.eval_batch, warmup=args.warmup, distributed=True if args.distributed else None)
+    from zfscratch.distributed import current
+    if current() is not None and not current().is_root:
+        return 0
     print(f"validation accuracy {res['val_acc']:.2%} (best {res['best_val_acc']:.2%}) after {res['epochs']} "
           f"epochs, {res['elapsed_s'] / 60:.1f} min; weights: {res['weights']}")
     return 0
@@ -150,10 +155,13 @@ def cmd_evaluate(args):
     from zfscratch.train import evaluate_weights
     if args.batch < 1:
         raise UserError(f"--batch {args.batch}: expected an integer >= 1")
-    from zfscratch.cli import resolve_backend
+    from zfscratch.cli import resolve_backend, world_of
+    world = world_of(args)
     be = resolve_backend(args.backend)
     res = evaluate_weights(args.weights, args.data, split=args.split, ten_crop=args.ten_crop, batch=args.batch,
-                           backend=be, out_dir=args.out, quiet=args.quiet)
+                           backend=be, out_dir=args.out, quiet=args.quiet, world=world)
+    if not world.is_root:
+        return 0
     print(f"{res['n']} images ({args.split}{', 10 crops' if args.ten_crop else ''}): top-1 error "
           f"{res['top1_error']:.2%}, top-{res['topk']} error {res['top5_error']:.2%}, loss {res['loss']:.4f}")
     width = max(len(c) for c in res["per_class"]) if res["per_class"] else 5

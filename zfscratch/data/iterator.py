@@ -12,7 +12,9 @@ one image (a rank whose share is empty skips that step); multi-worker training s
 ``drop_last=True`` so that every worker runs the same number of equal steps.
 
 Augmentation is reproducible: the transform gets a ``numpy.random.Generator`` seeded from
-``(seed, epoch, position, rank)``.
+``(seed, epoch, position, rank)``, or, with ``sample_keys=True``, a
+:class:`zfscratch.samplerng.SampleRNG` keyed by ``(seed, epoch, global index)`` of each sample, so
+that a sample's crop and flip do not depend on the number of workers (data-parallel training).
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ class BatchIterator:
     drop_last : drop the last, short global step of each epoch.
     augment : only for a ``Preprocess`` transform, see above.
     return_indices : also yield the dataset indices of the batch (``(x, y, idx)``).
+    sample_keys : augmentation drawn per sample (see the module docstring).
+    yield_empty : yield ``(None, empty labels[, empty indices])`` for a global step in which this
+        worker's share is empty instead of skipping it (so that every worker runs every step's
+        collectives). After each batch, ``last_step`` is ``(epoch, start position, global step size)``.
 
     Use ``for x, y in it`` to run the rest of the current epoch (then the epoch counter advances);
     ``state_dict()`` after any batch, ``load_state_dict()`` on a fresh iterator resumes at the next
@@ -50,7 +56,8 @@ class BatchIterator:
     """
 
     def __init__(self, dataset, batch_size, shuffle=True, seed=0, rank=0, world_size=1,
-                 transform=None, drop_last=False, augment=False, return_indices=False):
+                 transform=None, drop_last=False, augment=False, return_indices=False, sample_keys=False,
+                 yield_empty=False):
         batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: expected at least 1")
@@ -66,6 +73,9 @@ class BatchIterator:
         self.drop_last = bool(drop_last)
         self.augment = bool(augment)
         self.return_indices = bool(return_indices)
+        self.sample_keys = bool(sample_keys)
+        self.yield_empty = bool(yield_empty)
+        self.last_step = None
         self.epoch = 0
         self.position = 0
         self._perm_cache = (None, None)
@@ -129,12 +139,20 @@ class BatchIterator:
                 epoch_done = True
             else:
                 epoch_done = False
+            self.last_step = (ep, start, len(chunk))
             if mine.size == 0:
+                if self.yield_empty:
+                    empty = np.zeros(0, np.int64)
+                    yield (None, empty, mine) if self.return_indices else (None, empty)
                 if epoch_done:
                     return
                 continue
             images, labels = self.dataset.get_batch(mine)
-            rng = np.random.default_rng([self.seed, ep, start, self.rank, 0xA06])
+            if self.sample_keys:
+                from ..samplerng import SampleRNG
+                rng = SampleRNG(self.seed, ep, mine, stream=0xA06)
+            else:
+                rng = np.random.default_rng([self.seed, ep, start, self.rank, 0xA06])
             x = self._apply(images, rng)
             if self.return_indices:
                 yield x, labels, mine
