@@ -42,6 +42,8 @@ def register(sub):
     p.add_argument("--scope", choices=("image", "grid", "channel"), default="image", help=SCOPE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_backend_arg(p)
+    from zfscratch.cli import add_distributed_arg
+    add_distributed_arg(p)
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("filters", help="grid of the first-layer filters (RGB)")
@@ -141,9 +143,18 @@ def cmd_visualize(args):
             if not maps or min(maps) < 0 or max(maps) >= c:
                 raise UserError(f"--map-list {args.map_list!r}: layer {name} has maps 0..{c - 1}")
     ds = _open_data(args.data, meta, args.split)
+    from zfscratch.cli import world_of
+    world = world_of(args)
+    if world.distributed:
+        from zfscratch.distributed import array_digest
+        world.check_same("the model", array_digest(net.state_dict()))
+        world.check_same("the data", [len(ds), type(ds).__name__])
     res = run_topk(net, meta, ds, args.out, layers=layers, maps=maps, k=args.k, images=args.images,
-                   batch=args.batch, scope=args.scope, by=args.by, progress=not args.quiet)
-    print(f"scanned {res['images']} images in {res['search_s']:.1f} s ({res['images_per_s']:.0f} img/s), "
+                   batch=args.batch, scope=args.scope, by=args.by, progress=not args.quiet, world=world)
+    if not world.is_root:
+        return 0
+    print(f"scanned {res['images']} images in {res['search_s']:.1f} s ({res['images_per_s']:.0f} img/s"
+          f"{', ' + str(res['ranks']) + ' ranks' if res['ranks'] > 1 else ''}), "
           f"projections {res['project_s']:.1f} s, backend {net.backend.name}")
     for name, r in res["layers"].items():
         print(f"  {name:<8} rf {r['rf'][0]:>3} px  maps with no positive activation "

@@ -457,8 +457,34 @@ def to_tiles(projs, scope):
 
 
 # ----------------------------------------------------------------------------- experiment
+def batch_aligned_shard(n, batch, rank, world_size):
+    """Indices of worker ``rank``'s share of ``range(n)``: a contiguous run of whole batches of
+    ``batch`` images, so every image goes through the network in the same batch as in a one-process
+    pass (bit-identical activations: an exact merge even where activations tie to rounding)."""
+    from zfscratch.distributed import shard_range
+    nb = -(-int(n) // int(batch))
+    b0, b1 = shard_range(nb, rank, world_size)
+    return np.arange(b0 * int(batch), min(int(n), b1 * int(batch)), dtype=np.int64)
+
+
+def gather_topk(state, world):
+    """Merge every rank's :class:`TopK` (exact, order-independent: value desc, then image index
+    asc); every rank returns the merged record."""
+    if not world.distributed:
+        return state
+    arrays, meta = state.to_arrays()
+    mine = {"meta": meta, "arrays": {key: [a.dtype.str, list(a.shape), a.ravel().tolist()]
+                                     for key, a in arrays.items()}}
+    out = None
+    for rec in world.allgather(mine, what="gathering top-k records"):
+        arrs = {key: np.asarray(v, np.dtype(dt)).reshape(shape) for key, (dt, shape, v) in rec["arrays"].items()}
+        t = TopK.from_arrays(arrs, rec["meta"])
+        out = t if out is None else merge(out, t)
+    return out
+
+
 def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, images=None,
-             batch=128, scope="image", preprocess=None, by="max", progress=True, ncols=4):
+             batch=128, scope="image", preprocess=None, by="max", progress=True, ncols=4, world=None):
     """Fig 2 end to end: search, project, one PNG per layer, the state as ``topk.npz``.
 
     Parameters
@@ -469,6 +495,9 @@ def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, i
     layers : "1-5" or a list; maps : maps shown per layer (or a dict/list, see :func:`topk_project`)
     images : scan only the first ``images`` images (default all)
     scope : display normalization (see :mod:`zfscratch.viz`)
+    world : a :class:`zfscratch.distributed.World` (``mpirun -n K``): each rank searches a
+        batch-aligned shard, the records are merged exactly (:func:`gather_topk`), rank 0 projects and
+        writes (the other ranks return the merged search result with no files)
 
     Returns
     -------
@@ -484,14 +513,24 @@ def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, i
     n = len(source) if images is None else min(int(images), len(source))
     if n <= 0:
         raise UserError("no images to scan (the dataset is empty or --images is 0)")
-    os.makedirs(out_dir, exist_ok=True)
+    from zfscratch.distributed import World
+    world = world or World()
+    if world.is_root:
+        os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
-    state = topk_search(net, source, layers, k=k, batch=batch, indices=np.arange(n), progress=progress)
+    state = topk_search(net, source, layers, k=k, batch=batch,
+                        indices=batch_aligned_shard(n, batch, world.rank, world.size),
+                        progress=progress and world.is_root)
+    t_local = time.perf_counter() - t0
+    state = gather_topk(state, world)
     t1 = time.perf_counter()
+    if not world.is_root:
+        return {"images": n, "k": k, "search_s": t1 - t0, "rank": world.rank, "state": None}
     recs = topk_project(net, source, state, maps=maps, by=by, batch=min(batch, 64), progress=progress)
     t2 = time.perf_counter()
     result = {"images": n, "k": k, "search_s": t1 - t0, "project_s": t2 - t1,
-              "images_per_s": n / max(t1 - t0, 1e-9), "scope": scope, "layers": {}}
+              "images_per_s": n / max(t1 - t0, 1e-9), "scope": scope, "layers": {}, "ranks": world.size,
+              "rank0_search_s": t_local}
     for name, rec in recs.items():
         path = os.path.join(out_dir, f"topk_{name}.png")
         note = None if isinstance(maps, (int, np.integer)) else "Maps: as listed."
