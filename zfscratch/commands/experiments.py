@@ -57,6 +57,21 @@ def _out_dir(args, weights, default):
     return out
 
 
+def _world(args, net):
+    """The MPI world for ``--distributed`` / an mpirun launch; ranks must hold the same model."""
+    from zfscratch.cli import world_of
+    world = world_of(args)
+    if world.distributed:
+        from zfscratch.distributed import array_digest
+        world.check_same("the model", array_digest(net.state_dict()))
+    return world
+
+
+def _is_root():
+    from zfscratch.distributed import current
+    return current() is None or current().is_root
+
+
 def _done(res):
     print(f"figure: {res['figure']}")
     print(f"numbers: {res['json']}")
@@ -92,6 +107,8 @@ def register(sub):
                    help="DeconvNet projection of the map: its strongest activation (default) or the whole map")
     p.add_argument("--name", default="occlusion", help="file name stem of the outputs (default occlusion)")
     _common(p, "occlusion", batch=32)
+    from zfscratch.cli import add_distributed_arg
+    add_distributed_arg(p)
     p.set_defaults(func=cmd_occlude)
 
     p = sub.add_parser("invariance", help="translation / scale / rotation sweeps: feature distances and "
@@ -154,6 +171,8 @@ def register(sub):
     p.add_argument("--lr", type=float, default=0.05, help="classifier learning rate (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     _common(p, "layerwise", batch=64)
+    from zfscratch.cli import add_distributed_arg
+    add_distributed_arg(p)
     p.set_defaults(func=cmd_layerwise)
 
     p = sub.add_parser("architecture", help="train zfnet_small and alexnet_like with one budget; compare "
@@ -199,7 +218,9 @@ def cmd_occlude(args):
     res = run_occlusion(net, meta, out, image=image, dataset=dataset, index=args.index, label=args.label,
                         patch=args.patch, stride=args.stride, margin=args.margin, value=args.value,
                         batch=args.batch, project_mode=args.project_mode, progress=not args.quiet,
-                        name=args.name)
+                        name=args.name, world=_world(args, net))
+    if not _is_root():
+        return 0
     print(f"occlusion: {res['positions']} positions (patch {res['patch']}, stride {res['stride']}) in "
           f"{res['seconds']:.2f} s = {res['positions_per_s']:.1f} positions/s on {net.backend.name}")
     print(f"true class {res['label_name']}: P = {res['base_prob_true']:.3f} unoccluded, minimum "
@@ -265,7 +286,9 @@ def cmd_layerwise(args):
     out = _out_dir(args, args.weights, "layerwise")
     res = layerwise(net, meta, tr, te, out, layers=layers, grid=args.grid, pool=args.pool, epochs=args.epochs,
                     lr=args.lr, n_train=args.train_images, n_test=args.test_images, batch=args.batch,
-                    seed=args.seed, progress=not args.quiet)
+                    seed=args.seed, progress=not args.quiet, world=_world(args, net))
+    if not _is_root():
+        return 0
     print(res["table_markdown"])
     return _done(res)
 

@@ -53,19 +53,29 @@ def grid_pool(a, grid=4, mode="max"):
 
 
 def extract_features(net, pre, dataset, layers, grid=4, pool="max", batch=64, limit=None, progress=True,
-                     desc="features"):
+                     desc="features", world=None):
     """Features of every layer in ``layers`` for the first ``limit`` images of ``dataset``.
+
+    With an MPI ``world`` each rank extracts a run of whole batches and the arrays are summed over
+    the ranks (zeros elsewhere: exact); every rank returns all of them.
 
     Returns (features {layer: (N, D) float32}, labels (N,), logits (N, K)).
     """
+    from zfscratch.distributed import World, shard_range
+    world = world or World()
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     if n < 1:
         raise UserError("layerwise: empty dataset")
+    nb = -(-n // int(batch))
+    b0, b1 = shard_range(nb, world.rank, world.size)
+    lo, hi = b0 * int(batch), min(n, b1 * int(batch))
+    if lo >= hi:  # nothing to do here: shapes from one image, contributions of zero
+        lo = hi = 0
     feats = {l: [] for l in layers}
     labels, logits = [], []
-    bar = S.progress_bar(n, desc, progress)
+    bar = S.progress_bar(hi - lo, desc, progress and world.is_root)
     try:
-        for s, e in S.batched(n, batch):
+        for s, e in ((lo + s, lo + e) for s, e in S.batched(hi - lo, batch)):
             imgs, lab = dataset.get_batch(np.arange(s, e))
             out = S.forward_layers(net, np.asarray(pre(imgs), np.float32), layers)
             for l in layers:
@@ -75,7 +85,21 @@ def extract_features(net, pre, dataset, layers, grid=4, pool="max", batch=64, li
             bar.update(e - s)
     finally:
         bar.close()
-    return {l: np.concatenate(v) for l, v in feats.items()}, np.concatenate(labels), np.concatenate(logits)
+    if not world.distributed:
+        return {l: np.concatenate(v) for l, v in feats.items()}, np.concatenate(labels), np.concatenate(logits)
+    if hi == lo:
+        imgs, _ = dataset.get_batch(np.arange(1))
+        out = S.forward_layers(net, np.asarray(pre(imgs), np.float32), layers)
+        feats = {l: [grid_pool(out[l], grid, pool).astype(np.float32)[:0]] for l in layers}
+        labels, logits = [np.zeros(0, np.int64)], [np.asarray(out["logits"])[:0]]
+
+    def full(parts, what):
+        local = np.concatenate(parts)
+        a = np.zeros((n,) + local.shape[1:], local.dtype)
+        a[lo:hi] = local
+        return world.allreduce_sum(a, what=f"gathering {what}")
+    return ({l: full(v, f"{l} features") for l, v in feats.items()}, full(labels, "labels"),
+            full(logits, "logits"))
 
 
 def train_linear(xtr, ytr, k, epochs=10, lr=0.05, batch=64, weight_decay=1e-4, seed=0, backend="numpy"):
@@ -125,7 +149,7 @@ def predict_linear(clf, mean, std, x, batch=1024):
 
 def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool="max", epochs=10,
               lr=0.05, clf_batch=64, weight_decay=1e-4, n_train=None, n_test=None, batch=64, seed=0,
-              progress=True, name="layerwise"):
+              progress=True, name="layerwise", world=None):
     """Per-layer linear-classifier accuracy (Python API of ``zfscratch layerwise``).
 
     Parameters
@@ -136,6 +160,8 @@ def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool
     layers : layer names (default :func:`default_layers`)
     grid, pool : spatial pooling of conv features (see the module docstring)
     epochs, lr, clf_batch, weight_decay : the linear classifier's SGD
+    world : MPI world (``mpirun -n K``): features extracted in shards, one layer's classifier per
+        rank in turn, rows gathered; rank 0 writes (the numbers equal one process's)
 
     Returns
     -------
@@ -145,18 +171,21 @@ def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool
     pre = S.get_preprocess(meta)
     k = S.num_classes(net)
     layers = [S.resolve_layer(net, l) for l in (layers or default_layers(net))]
+    from zfscratch.distributed import World
+    world = world or World()
     ftr, ytr, _ = extract_features(net, pre, train_set, layers, grid, pool, batch, n_train, progress,
-                                   "features (train)")
+                                   "features (train)", world=world)
     fte, yte, logits = extract_features(net, pre, test_set, layers, grid, pool, batch, n_test, progress,
-                                        "features (test)")
+                                        "features (test)", world=world)
     for y, what in ((ytr, "training"), (yte, "test")):
         if y.size and (y.min() < 0 or y.max() >= k):
             raise UserError(f"layerwise: {what} labels span [{y.min()}, {y.max()}] but the model has {k} classes")
     net_acc = float((logits.argmax(1) == yte).mean())
     rows = []
-    bar = S.progress_bar(len(layers), "linear classifiers", progress, unit="layer")
+    mine = layers[world.rank::world.size]
+    bar = S.progress_bar(len(mine), "linear classifiers", progress and world.is_root, unit="layer")
     try:
-        for l in layers:
+        for l in mine:
             clf, mu, sd = train_linear(ftr[l], ytr, k, epochs, lr, clf_batch, weight_decay, seed)
             tr = float((predict_linear(clf, mu, sd, ftr[l]) == ytr).mean())
             te = float((predict_linear(clf, mu, sd, fte[l]) == yte).mean())
@@ -164,6 +193,9 @@ def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool
             bar.update(1)
     finally:
         bar.close()
+    if world.distributed:
+        got = {r["layer"]: r for part in world.allgather(rows, what="gathering classifier rows") for r in part}
+        rows = [got[l] for l in layers]
     md = ["| layer | features | train acc. | test acc. |", "|---|---|---|---|"]
     md += [f"| {r['layer']} | {r['dim']} | {r['train_accuracy']:.2%} | {r['test_accuracy']:.2%} |" for r in rows]
     md.append(f"| network (softmax) | - | - | {net_acc:.2%} |")
@@ -172,12 +204,14 @@ def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool
            "weight_decay": weight_decay, "table_markdown": "\n".join(md),
            "features": f"conv layers {pool}-pooled to {grid}x{grid} cells; fc layers as they are; "
                        "standardized with training-split mean/std"}
-    os.makedirs(out_dir, exist_ok=True)
     fig_path = os.path.join(out_dir, f"{name}.png")
     json_path = os.path.join(out_dir, f"{name}.json")
-    plot_layerwise(out, fig_path)
     out["figure"], out["json"] = fig_path, json_path
-    S.write_json(json_path, out)
+    if world.is_root:
+        os.makedirs(out_dir, exist_ok=True)
+        plot_layerwise(out, fig_path)
+        S.write_json(json_path, {k: v for k, v in out.items() if k not in ("figure", "json")} | {
+            "figure": fig_path, "json": json_path})
     return out
 
 

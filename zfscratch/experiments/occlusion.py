@@ -92,7 +92,7 @@ def occlude_batch(x, fill, ys, xs, patch, xp=np):
 
 
 def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, layer=None,
-                   map_index=None, batch=32, progress=False, incremental=True, bar=None):
+                   map_index=None, batch=32, progress=False, incremental=True, bar=None, world=None):
     """Occlusion sweep of one preprocessed image.
 
     Parameters
@@ -109,6 +109,9 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
         change (:class:`zfscratch.experiments.incremental.IncrementalOccluder`; exact up to float
         rounding); False: one full forward pass per occluded image (to compare)
     bar : an open progress bar to advance instead of making one (multi-image runs)
+    world : a :class:`zfscratch.distributed.World` (``mpirun -n K``): each rank sweeps a run of whole
+        position batches and the maps are summed over the ranks (every rank returns them; the same
+        numbers as one process, each position being computed in the same batch)
 
     Returns
     -------
@@ -140,22 +143,27 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     gy, gx = gy.ravel(), gx.ravel()
     n = gy.size
-    act = np.empty(n, np.float64)
-    pt = np.empty(n, np.float64)
-    tl = np.empty(n, np.int64)
-    tp = np.empty(n, np.float64)
+    from zfscratch.distributed import World, shard_range
+    world = world or World()
+    nb = -(-n // int(batch))
+    b0, b1 = shard_range(nb, world.rank, world.size)
+    lo, hi = b0 * int(batch), min(n, b1 * int(batch))
+    act = np.zeros(n, np.float64)  # zeros outside this rank's share: summing the shares is exact
+    pt = np.zeros(n, np.float64)
+    tl = np.zeros(n, np.int64)
+    tp = np.zeros(n, np.float64)
     xd, fd = be.to_device(x), be.to_device(fill)
     li = net.index(layer)
     own_bar = bar is None
     if own_bar:
-        bar = S.progress_bar(n, "occlusion", progress, unit="pos")
+        bar = S.progress_bar(hi - lo, "occlusion", progress and world.is_root, unit="pos")
     t0 = time.perf_counter()
     engine = None
     if incremental:
         from zfscratch.experiments.incremental import IncrementalOccluder
         engine = IncrementalOccluder(net, xd, fd, keep=[layer])
     try:
-        for s, e in S.batched(n, batch):
+        for s, e in ((lo + s, lo + e) for s, e in S.batched(hi - lo, batch)):
             if engine is not None:
                 r = engine.positions([(gy[k], gx[k], gy[k] + patch, gx[k] + patch) for k in range(s, e)])
                 a, logits = r[layer], r["logits"]
@@ -172,6 +180,9 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
     finally:
         if own_bar:
             bar.close()
+    if world.distributed:
+        for a in (act, pt, tl, tp):
+            world.allreduce_sum(a, what="merging occlusion maps")
     dt = time.perf_counter() - t0
     shape = (len(ys), len(xs))
     return dict(ys=ys, xs=xs, activation=act.reshape(shape), prob_true=pt.reshape(shape),
@@ -300,7 +311,7 @@ def plot_occlusion(res, image, projection, names, path, bbox=None, title=None):
 
 def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=None, patch=None,
                   stride=None, margin=0, value="mean", batch=32, project_mode="max", progress=True,
-                  name="occlusion", incremental=True, bar=None):
+                  name="occlusion", incremental=True, bar=None, world=None):
     """Occlusion experiment on one image: maps, figure and JSON (Python API of ``zfscratch occlude``).
 
     Parameters
@@ -321,6 +332,7 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     project_mode : DeconvNet mode for panel (b): "max" (strongest activation) or "map" (whole map)
     incremental : recompute only what the occluder changes (default True; see :func:`occlusion_maps`)
     bar : an open progress bar to advance (multi-image runs); default: one of its own
+    world : MPI world: the positions are shared out (:func:`occlusion_maps`); rank 0 writes
 
     Returns
     -------
@@ -355,12 +367,15 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     x = np.asarray(pre(np.asarray(image)[None]), np.float32)[0]
     fill = occluder_fill(pre, size, value, x.shape[0])
     res = occlusion_maps(net, x, label=label, patch=patch, stride=stride, margin=margin, fill=fill,
-                         batch=batch, progress=progress, incremental=incremental, bar=bar)
-    proj = project_map(net, x, res["layer"], res["map_index"], project_mode)
-    os.makedirs(out_dir, exist_ok=True)
+                         batch=batch, progress=progress, incremental=incremental, bar=bar, world=world)
+    root = world is None or world.is_root
+    proj = project_map(net, x, res["layer"], res["map_index"], project_mode) if root else None
+    if root:
+        os.makedirs(out_dir, exist_ok=True)
     fig_path = os.path.join(out_dir, f"{name}.png")
     json_path = os.path.join(out_dir, f"{name}.json")
-    plot_occlusion(res, S.display_image(x, pre), proj, names, fig_path, bbox=bbox)
+    if root:
+        plot_occlusion(res, S.display_image(x, pre), proj, names, fig_path, bbox=bbox)
     mpos = min_position(res)
     out = {
         "experiment": "occlusion", "label": res["label"], "label_name": names[res["label"]],
@@ -377,5 +392,6 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
         "top_label_names": sorted({names[int(v)] for v in np.unique(res["top_label"])}),
         "figure": fig_path, "json": json_path,
     }
-    S.write_json(json_path, out)
+    if root:
+        S.write_json(json_path, out)
     return out
