@@ -252,8 +252,10 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
     the manifest dict (``stages``: name -> status, hash, seconds, result, ...), plus ``report`` (the
     HTML path) and ``failed`` (names of failed stages).
     """
+    from zfscratch import pipeline  # looked up at call time: a caller (the tests) may replace build_stages
     from zfscratch.backend import BackendError, get_backend
     from zfscratch.report import write_report
+    from zfscratch.train import check_writable_dir
     log = log or (lambda msg: print(msg, flush=True))
     profile = "quick" if quick else "default"
     try:
@@ -262,10 +264,37 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
         raise UserError(f"--backend: {e}") from None
     spec = data_spec(data, profile)
     out = os.path.abspath(os.fspath(out))
-    from zfscratch.train import check_writable_dir
     check_writable_dir(out)
-    from zfscratch import pipeline  # looked up at call time: a caller (the tests) may replace build_stages
     all_stages = pipeline.build_stages(profile)
+    wanted, forced = _select(all_stages, stages, force)
+    ctx = Context(out, spec, be, profile, progress=progress, log=log)
+    manifest = load_manifest(out)
+    if command is None:
+        command = _default_command(out, quick, be, backend, data, force)
+    manifest.update(format=MANIFEST_FORMAT, version=PIPELINE_VERSION, profile=profile, spec=spec,
+                    command=command, machine=machine_info(be), budget=PROFILES[profile],
+                    budget_note=BUDGET_NOTE if not data else None)
+    manifest.setdefault("stages", {})
+    run = _Run(ctx, manifest, wanted, forced)
+    t_all, c_all = time.perf_counter(), time.process_time()
+    run_list = [s for s in all_stages if s.name in wanted]
+    log(f"zfscratch run: {len(run_list)} stages, profile {profile}, data {spec}, backend {be.name}, output {out}")
+    for k, st in enumerate(run_list, 1):
+        run.stage(st, f"[{k}/{len(run_list)}] {st.name:<15}")
+    manifest["total_seconds"] = time.perf_counter() - t_all
+    manifest["total_cpu_seconds"] = time.process_time() - c_all
+    manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save_manifest(out, manifest)
+    html = write_report(out, manifest, all_stages, ctx)
+    failed = run.failed
+    log(f"report: {html}" + (f"  ({len(failed)} stage(s) failed: {', '.join(failed)})" if failed else ""))
+    manifest["report"] = html
+    manifest["failed"] = failed
+    return manifest
+
+
+def _select(all_stages, stages, force):
+    """(names to run, names to recompute) for ``--stages`` (with their inputs, recursively) and ``--force``."""
     names = [s.name for s in all_stages]
     wanted = set(names)
     if stages:
@@ -281,73 +310,80 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
                 wanted.add(n)
                 todo.extend(by_name[n].inputs)
     forced = set(names) if force and not stages else (set(stages) if force else set())
-    ctx = Context(out, spec, be, profile, progress=progress, log=log)
-    manifest = load_manifest(out)
-    if command is None:
-        command = "zfscratch run" + (f" --out {_q(os.path.relpath(out))}" if os.path.relpath(out) != "report" else "") \
-            + (" --quick" if quick else "") + (f" --backend {be.name}" if backend else "") \
-            + (f" --data {_q(data)}" if data else "") + (" --force" if force else "")
-    manifest.update(format=MANIFEST_FORMAT, version=PIPELINE_VERSION, profile=profile, spec=spec,
-                    command=command, machine=machine_info(be), budget=PROFILES[profile],
-                    budget_note=BUDGET_NOTE if not data else None)
-    manifest.setdefault("stages", {})
-    last = manifest["last_run"] = {}
-    tokens = {n: e.get("token") for n, e in manifest["stages"].items()}
-    failed, t_all, c_all = [], time.perf_counter(), time.process_time()
-    run_list = [s for s in all_stages if s.name in wanted]
-    log(f"zfscratch run: {len(run_list)} stages, profile {profile}, data {spec}, backend {be.name}, output {out}")
-    for k, st in enumerate(run_list, 1):
-        head = f"[{k}/{len(run_list)}] {st.name:<15}"
-        bad_inputs = [i for i in st.inputs if i in failed or (i not in wanted and
-                                                               manifest["stages"].get(i, {}).get("status") != "done")]
-        h = stage_hash(st, spec, tokens)
-        entry = manifest["stages"].get(st.name)
+    return wanted, forced
+
+
+def _default_command(out, quick, be, backend, data, force):
+    """The ``zfscratch run`` command line that reproduces these arguments (shown in the report)."""
+    rel = os.path.relpath(out)
+    return ("zfscratch run" + (f" --out {_q(rel)}" if rel != "report" else "") + (" --quick" if quick else "")
+            + (f" --backend {be.name}" if backend else "") + (f" --data {_q(data)}" if data else "")
+            + (" --force" if force else ""))
+
+
+class _Run:
+    """One pass over the stages: decides per stage whether to run, reuse or skip it, records the outcome
+    in the manifest (saved after every stage) and keeps the run tokens that chain the hashes."""
+
+    def __init__(self, ctx, manifest, wanted, forced):
+        self.ctx, self.manifest, self.wanted, self.forced = ctx, manifest, wanted, forced
+        self.entries = manifest["stages"]
+        self.last = manifest["last_run"] = {}
+        self.tokens = {n: e.get("token") for n, e in self.entries.items()}
+        self.failed = []
+
+    def _record(self, name, entry, outcome, token=None):
+        self.entries[name] = entry
+        self.tokens[name] = token
+        self.last[name] = outcome
+        if outcome in ("failed", "not run"):
+            self.failed.append(name)
+
+    def stage(self, st, head):
+        ctx, log = self.ctx, self.ctx.log
+        bad_inputs = [i for i in st.inputs if i in self.failed or (
+            i not in self.wanted and self.entries.get(i, {}).get("status") != "done")]
+        h = stage_hash(st, ctx.spec, self.tokens)
+        entry = self.entries.get(st.name)
         if bad_inputs:
-            manifest["stages"][st.name] = {"hash": None, "status": "not run", "token": None,
-                                           "error": f"needs {', '.join(bad_inputs)}, which did not finish"}
-            failed.append(st.name)
-            last[st.name] = "not run"
+            self._record(st.name, {"hash": None, "status": "not run", "token": None,
+                                   "error": f"needs {', '.join(bad_inputs)}, which did not finish"}, "not run")
             log(f"{head} not run: needs {', '.join(bad_inputs)}")
-            save_manifest(out, manifest)
-            continue
-        if st.name not in forced and _reusable(entry, h, ctx):
+        elif st.name not in self.forced and _reusable(entry, h, ctx):
             ctx.results[st.name] = entry.get("result") or {}
-            last[st.name] = "reused"
+            self.last[st.name] = "reused"
             log(f"{head} reused (computed {entry.get('finished', '?')} in {entry.get('seconds', 0):.1f} s)")
-            continue
-        if st.synthetic_only and not ctx.synthetic:
-            res = {"skipped": f"needs part landmarks, which only the synthetic data has (data: {spec})"}
-            entry = {"hash": h, "status": "skipped", "token": h, "result": res, "files": [], "seconds": 0.0,
-                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-            manifest["stages"][st.name] = entry
-            tokens[st.name] = entry["token"]
+            return
+        elif st.synthetic_only and not ctx.synthetic:
+            res = {"skipped": f"needs part landmarks, which only the synthetic data has (data: {ctx.spec})"}
+            self._record(st.name, {"hash": h, "status": "skipped", "token": h, "result": res, "files": [],
+                                   "seconds": 0.0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, "skipped", h)
             ctx.results[st.name] = res
-            last[st.name] = "skipped"
             log(f"{head} skipped: {res['skipped']}")
-            save_manifest(out, manifest)
-            continue
-        log(f"{head} {st.title} ...")
+        else:
+            self._compute(st, head, h)
+        save_manifest(ctx.out, self.manifest)
+
+    def _compute(self, st, head, h):
+        ctx, be = self.ctx, self.ctx.backend
+        ctx.log(f"{head} {st.title} ...")
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             res = st.func(ctx, dict(st.config))
         except KeyboardInterrupt:
-            save_manifest(out, manifest)
+            save_manifest(ctx.out, self.manifest)
             raise
         except Exception as e:  # noqa: BLE001 - recorded, the job goes on
             if st.name == "data" and isinstance(e, UserError):
                 raise
             dt = time.perf_counter() - t0
             msg = f"{type(e).__name__}: {e}"
-            manifest["stages"][st.name] = {"hash": None, "status": "failed", "token": None, "error": msg,
-                                           "traceback": traceback.format_exc(limit=6), "seconds": dt,
-                                           "started": started, "backend": be.name}
-            tokens[st.name] = None
-            failed.append(st.name)
-            last[st.name] = "failed"
-            log(f"{head} FAILED after {dt:.1f} s: {msg}")
-            save_manifest(out, manifest)
-            continue
+            self._record(st.name, {"hash": None, "status": "failed", "token": None, "error": msg,
+                                   "traceback": traceback.format_exc(limit=6), "seconds": dt,
+                                   "started": started, "backend": be.name}, "failed")
+            ctx.log(f"{head} FAILED after {dt:.1f} s: {msg}")
+            return
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         files = []
         res = _relativize(_jsonable(res), ctx, files)
@@ -355,18 +391,6 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
                  "files": sorted(set(files)), "seconds": dt, "cpu_seconds": cpu, "started": started,
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "backend": be.name,
                  "config": _jsonable(st.config)}
-        manifest["stages"][st.name] = entry
-        tokens[st.name] = entry["token"]
+        self._record(st.name, entry, "computed", entry["token"])
         ctx.results[st.name] = res
-        last[st.name] = "computed"
-        log(f"{head} done in {dt:.1f} s")
-        save_manifest(out, manifest)
-    manifest["total_seconds"] = time.perf_counter() - t_all
-    manifest["total_cpu_seconds"] = time.process_time() - c_all
-    manifest["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save_manifest(out, manifest)
-    html = write_report(out, manifest, all_stages, ctx)
-    log(f"report: {html}" + (f"  ({len(failed)} stage(s) failed: {', '.join(failed)})" if failed else ""))
-    manifest["report"] = html
-    manifest["failed"] = failed
-    return manifest
+        ctx.log(f"{head} done in {dt:.1f} s")
