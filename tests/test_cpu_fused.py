@@ -83,3 +83,71 @@ def test_linear_layer_uses_fused_backward_and_matches_numpy_backend():
         out[name] = (dx, layer.grads["w"].copy(), layer.grads["b"].copy())
     for got, want in zip(out["numba"], out["numpy"]):
         assert_close(got, want.astype(np.float64), np.float32)
+
+
+# ----------------------------------------------------------------------------- strided convolutions
+def _check_conv(x, wt, b, s, p, dtype):
+    y = cpu.conv2d_forward(x, wt, b, s, p)
+    assert_close(y, ref.conv2d_forward(x, wt, b, s, p), dtype)
+    assert_close(cpu.conv2d_forward(x, wt, None, s, p), ref.conv2d_forward(x, wt, None, s, p), dtype)
+    dy = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
+    rdx, rdw, rdb = ref.conv2d_backward(dy, x, wt, s, p)
+    dx, dw, db = cpu.conv2d_backward(dy, x, wt, s, p)
+    for got, want in ((dx, rdx), (dw, rdw), (db, rdb)):
+        assert_close(got, want, dtype)
+    none, dw1, db1 = cpu.conv2d_backward(dy, x, wt, s, p, need_dx=False)
+    assert none is None
+    assert_close(dw1, rdw, dtype)
+    assert_close(db1, rdb, dtype)
+    assert_close(cpu.conv2d_backward_data(dy, wt, x.shape, s, p), rdx, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p", [(5, 2, 0), (5, 2, 2), (6, 2, 1), (6, 2, 0), (7, 3, 0), (9, 3, 4), (11, 4, 2)])
+@pytest.mark.parametrize("n,h", [(1, 17), (3, 20)])
+def test_conv_stride_phases_winograd(k, s, p, n, h, dtype):
+    """Strided k x k layers whose stride-phase sub-kernels are 3x3 go through Winograd on the phases
+    (ZFNet's conv2); odd and even padded sizes (the phase convolution's output is cropped for some)."""
+    from zfscratch.kernels.cpu import conv
+    rng = np.random.default_rng(k * 100 + s * 10 + p + n)
+    c, f = -(-32 // (s * s)), 33  # just enough phase channels for the Winograd dispatch
+    h = max(h, k + 2 * s)
+    x = rng.standard_normal((n, c, h, h + 3)).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    assert conv._use_phase_winograd(conv._ConvGeom(x.shape, wt.shape, s, p))
+    _check_conv(x, wt, b, s, p, dtype)
+
+
+def test_conv_stride_phases_dispatch():
+    from zfscratch.kernels.cpu import conv
+    geo = lambda c, f, k, s: conv._ConvGeom((1, c, 40, 40), (f, c, k, k), s, 0)
+    assert conv._use_phase_winograd(geo(96, 256, 5, 2))  # ZFNet conv2
+    assert not conv._use_phase_winograd(geo(3, 96, 7, 2))  # conv1: sub-kernels 4x4
+    assert not conv._use_phase_winograd(geo(4, 256, 5, 2))  # too few phase channels
+    assert not conv._use_phase_winograd(geo(96, 256, 3, 1))  # stride 1: plain Winograd's
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p", [(7, 2, 1), (7, 2, 3), (3, 1, 0), (11, 4, 2), (1, 1, 0), (4, 3, 2)])
+@pytest.mark.parametrize("block_cols", [7, 50, 2048])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_row_blocks(monkeypatch, k, s, p, block_cols, threads, dtype):
+    """Thin-K layers (ZFNet's conv1) by row blocks of one image: blocks of one output row, uneven
+    blocks and whole images; one thread and two."""
+    import numba
+    from zfscratch.kernels.cpu import conv, convblock
+    monkeypatch.setattr(convblock, "_ROWBLOCK_COLS", block_cols)
+    rng = np.random.default_rng(k * 100 + s * 10 + p + block_cols)
+    h = 16 * s + k - 2 * p + 1  # at least 16 x 17 outputs: the row-block dispatch
+    x = rng.standard_normal((3, 3, h, h + 2)).astype(dtype)
+    wt = rng.standard_normal((5, 3, k, k)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    geo = conv._ConvGeom(x.shape, wt.shape, s, p)
+    assert conv._use_rowblock(geo) and not conv._use_phase_winograd(geo)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        _check_conv(x, wt, b, s, p, dtype)
+    finally:
+        numba.set_num_threads(before)

@@ -24,6 +24,14 @@ A convolution is one GEMM per chunk of images, ``Y (F, P) = W (F, K) @ cols (K, 
   single-threaded BLAS from its own thread (:func:`_matmul`): OpenBLAS's own threads busy-wait.
 * **Winograd for 3x3 stride-1 layers** (conv3-5): F(2x2, 3x3), 16 GEMMs on transformed tiles, 2.25x
   fewer multiply-adds; backward through the exact adjoints of the transforms (see that section).
+* **Strided layers on their stride phases** (conv2, 5x5 stride 2): a stride-s layer is a stride-1
+  convolution of the s*s phases (as channels) with the sub-kernels; when those are 3x3 it goes through
+  the same Winograd, 1.56x fewer multiply-adds than im2col (:mod:`.conv`).
+* **Thin-K layers by row blocks** (conv1, K = 147): im2col of a few output rows into a per-thread
+  buffer that stays in cache, GEMM into the output right away; the filter gradient splits the long
+  dimension over the threads (:mod:`.convblock`).
+* **Fully connected backward in one pass** over the weights: ``dW`` accumulated in place, ``dx`` from
+  the same read (:mod:`.linear`).
 * **Workspaces.** The ``cols``, phase and Winograd buffers are kept per thread and reused across calls
   (DESIGN §10: fresh large buffers cost page faults). They never leave this module: every array a
   kernel returns is freshly allocated.
@@ -35,7 +43,8 @@ writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN 
 
 Layout: :mod:`.threads` (BLAS thread plumbing and the split-GEMM thread pool), :mod:`.memory`
 (per-thread workspaces and the Numba run-copy helpers), :mod:`.gemm` (split GEMMs), :mod:`.conv`
-(im2col convolution), :mod:`.winograd` (F(2x2, 3x3)), :mod:`.pool` (max-pool), :mod:`.pointwise`
+(im2col convolution; strided layers on their phases), :mod:`.convblock` (thin-K layers by row
+blocks), :mod:`.linear` (fused fully connected backward), :mod:`.winograd` (F(2x2, 3x3)), :mod:`.pool` (max-pool), :mod:`.pointwise`
 (ReLU, LRN, softmax, SGD), :mod:`.lcn` (local contrast normalization). This module re-exports the kernel contract.
 """
 from __future__ import annotations
