@@ -21,7 +21,7 @@ def odd_net(backend="numpy", dtype=np.float64, size=23):
     c = lambda kind, name, **cfg: {"kind": kind, "name": name, "config": cfg}
     specs = [c("Conv2d", "conv1", in_ch=3, out_ch=8, k=5, stride=2, pad=2, groups=1),
              c("ReLU", "relu1"), c("MaxPool2d", "pool1", k=3, stride=2, ceil_mode=True),
-             c("LocalContrastNorm", "norm1", size=5, alpha=1e-2, beta=0.75, k=2.0),
+             c("LocalResponseNorm", "norm1", size=5, alpha=1e-2, beta=0.75, k=2.0),
              c("Conv2d", "conv2", in_ch=8, out_ch=12, k=3, stride=3, pad=1, groups=2),
              c("ReLU", "relu2"), c("MaxPool2d", "pool2", k=2, stride=1, ceil_mode=False, pad=1),
              c("Conv2d", "conv3", in_ch=12, out_ch=10, k=1, stride=1, pad=0), c("ReLU", "relu3"),

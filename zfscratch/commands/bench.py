@@ -23,8 +23,15 @@ def register(sub):
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for Numba's loops and the BLAS (and PyTorch); default: the libraries' own")
-    p.add_argument("--compare", choices=("torch",), default=None,
-                   help="also time the same network in PyTorch, check that the outputs agree, print ratios")
+    p.add_argument("--compare", choices=("torch", "captum"), default=None,
+                   help="also time the same network in PyTorch, check that the outputs agree, print ratios; "
+                        "with --occlusion: 'captum' (or 'torch') runs Captum's Occlusion on the PyTorch twin")
+    p.add_argument("--occlusion", action="store_true",
+                   help="benchmark an occlusion sweep instead: positions/s of full recompute vs the incremental "
+                        "engine (and Captum with --compare captum), per-layer multiply-add saving predicted vs "
+                        "time saving measured, peak memory; runs interleaved, load average reported")
+    p.add_argument("--patch", type=int, default=48, help="--occlusion: occluder side in pixels (default 48)")
+    p.add_argument("--stride", type=int, default=8, help="--occlusion: occluder step in pixels (default 8)")
     p.add_argument("--json", metavar="FILE", default=None, help="write every figure to FILE (JSON)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
     p.set_defaults(func=cmd_bench)
@@ -44,9 +51,13 @@ def cmd_bench(args):
     from zfscratch.io import atomic_write_text
     from zfscratch.models import PRESETS
 
-    for name in ("batch", "size", "repeats", "threads"):
+    for name in ("batch", "size", "repeats", "threads", "patch", "stride"):
         _positive(name, getattr(args, name))
     size = args.size or (224 if args.model == "zfnet" else PRESETS[args.model]["input_size"])
+    if args.occlusion:
+        return _cmd_occlusion(args, size)
+    if args.compare == "captum":
+        raise UserError("--compare captum: only with --occlusion (the layer benchmark compares with torch)")
     if args.threads is not None:
         try:
             import numba
@@ -76,6 +87,43 @@ def cmd_bench(args):
     except ValueError as e:
         raise UserError(f"--model {args.model} --size {size}: {e}") from None
     print(bench.format_report(res))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(res, indent=2, sort_keys=True) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _cmd_occlusion(args, size):
+    import json
+
+    from zfscratch.bench_occlusion import format_occlusion, run_occlusion_bench
+    from zfscratch.errors import UserError
+    from zfscratch.io import atomic_write_text
+
+    if args.patch > size:
+        raise UserError(f"--patch {args.patch}: larger than the input side {size}")
+    captum = args.compare in ("captum", "torch")
+    if captum:
+        from zfscratch.bench_occlusion import _import_captum
+        try:  # before our kernels set OpenMP variables, as for --compare torch
+            _import_captum()
+        except ImportError as e:
+            raise UserError(str(e)) from None
+    from zfscratch.cli import resolve_backend
+    resolve_backend(args.backend)
+
+    def progress(msg):
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    repeats = args.repeats if args.repeats != 5 else 2  # whole sweeps are long: default 2 rounds
+    try:
+        res = run_occlusion_bench(model=args.model, size=size, patch=args.patch, stride=args.stride,
+                                  backend=args.backend, batch=args.batch if args.batch != 16 else 32,
+                                  repeats=repeats, threads=args.threads, captum=captum, seed=args.seed,
+                                  progress=progress)
+    except ValueError as e:
+        raise UserError(f"--model {args.model} --size {size}: {e}") from None
+    print(format_occlusion(res))
     if args.json:
         atomic_write_text(args.json, json.dumps(res, indent=2, sort_keys=True) + "\n")
         print(f"\nwrote {args.json}")

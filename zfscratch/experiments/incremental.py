@@ -26,6 +26,8 @@ clipped to the image). ``.plan(boxes)`` gives the per-layer FLOPs of full vs inc
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from zfscratch.errors import UserError
@@ -33,6 +35,10 @@ from zfscratch.errors import UserError
 #: a layer whose every window covers at least this share of its map switches the rest of the
 #: network to full recompute (windows that large save little and cost pasting)
 FULL_FRACTION = 0.85
+#: layers whose output cell depends on a sliding window of the input (kernel, stride, padding)
+WINDOWED = ("Conv2d", "MaxPool2d")
+#: layers that keep the changed window: elementwise, or mixing channels only (cross-channel LRN)
+POINTWISE = ("ReLU", "LocalResponseNorm", "Dropout")
 
 
 def _window_out(lo, hi, k, s, p, n_out):
@@ -53,10 +59,10 @@ class _Spatial:
         self.out_hw = tuple(out_shape[-2:])
         self.out_c = int(out_shape[1])
         kind = layer.kind
-        if kind in ("Conv2d", "MaxPool2d"):
+        if kind in WINDOWED:
             self.kind = "window"
             self.k, self.s, self.p = int(layer.k), int(layer.stride), int(layer.pad)
-        elif kind in ("ReLU", "LocalContrastNorm", "Dropout"):
+        elif kind in POINTWISE:
             self.kind = "point"
         else:  # pragma: no cover - guarded by IncrementalOccluder
             raise ValueError(kind)
@@ -91,8 +97,9 @@ class IncrementalOccluder:
     Notes
     -----
     Holds one unoccluded output per layer (a single image: a few MB for ZFNet 224). Spatial layers
-    are the leading run of Conv2d / MaxPool2d / ReLU / LocalContrastNorm / Dropout layers; from the
-    first other layer (Flatten) on, layers run in full.
+    are the leading run of Conv2d / MaxPool2d / ReLU / LocalResponseNorm / Dropout layers; from the
+    first other layer on (Flatten; also a LocalContrastNorm, whose divisor is a whole-map mean so
+    that an occluder changes every output), layers run in full.
     """
 
     def __init__(self, net, x, fill=None, keep=None, full_fraction=FULL_FRACTION, uniform=True):
@@ -113,11 +120,13 @@ class IncrementalOccluder:
             net.index(name)
         self.full_fraction = float(full_fraction)
         self.uniform = bool(uniform)
+        #: set to a dict to accumulate wall seconds per layer name in :meth:`positions` (benchmarks)
+        self.seconds = None
         shapes = net.output_shapes((1,) + tuple(self.x.shape))
         self.spatial = []
         prev = (1,) + tuple(self.x.shape)
         for l, (_, shp) in zip(net.layers, shapes):
-            if l.kind not in ("Conv2d", "MaxPool2d", "ReLU", "LocalContrastNorm", "Dropout") or len(shp) != 4:
+            if l.kind not in POINTWISE + WINDOWED or len(shp) != 4:
                 break
             self.spatial.append(_Spatial(l, prev, shp))
             prev = shp
@@ -167,6 +176,12 @@ class IncrementalOccluder:
         outs = [kern.conv2d_forward(xp.ascontiguousarray(patches[:, si]), w[so], b[so], l.stride, 0)
                 for si, so in l._group_slices()]
         return xp.concatenate(outs, axis=1)
+
+    def _tick(self, name, t0):
+        self.be.synchronize()
+        t = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + t - t0
+        return t
 
     @staticmethod
     def _group(wins):
@@ -259,6 +274,8 @@ class IncrementalOccluder:
         keep_idx = {self.net.index(k): k for k in self.keep}
         full = None  # once set: (K, C, H, W) full maps, the rest runs in full
         last = {}  # position indices -> the stacked array their windows came from (no restacking)
+        timing = self.seconds is not None
+        tick = time.perf_counter() if timing else 0.0
         for i, g in enumerate(self.spatial):
             l = g.layer
             if full is not None:
@@ -312,12 +329,16 @@ class IncrementalOccluder:
                     data, wins, last = new, owins, made
             if i in keep_idx:
                 out[keep_idx[i]] = full if full is not None else self._full_maps(self.base_spatial[i], wins, data)
+            if timing:
+                tick = self._tick(l.name, tick)
         a = full if full is not None else self._full_maps(self.base_out, wins, data)
         start = self.n_spatial
         for j, l in enumerate(self.net.layers[start:], start):
             a = l.forward(a)
             if j in keep_idx:
                 out[keep_idx[j]] = a
+            if timing:
+                tick = self._tick(l.name, tick)
         out["logits"] = a
         return out
 

@@ -1,0 +1,203 @@
+"""Occlusion benchmark (``zfscratch bench --occlusion``): positions/s of full recompute vs the
+incremental engine (:mod:`zfscratch.experiments.incremental`), and Captum's ``Occlusion`` on the
+PyTorch twin of the same network when ``[bench]`` (torch + captum) is installed.
+
+One image (seeded normal noise) and one network (seeded random weights); the occluder is the mean
+(zeros), ``patch`` x ``patch`` pixels moved by ``stride`` (the positions of ``zfscratch occlude``
+with margin 0: for 224 / 48 / 8, 23 x 23 = 529, the same grid as Captum's sliding window).
+The runs are interleaved (full, incremental, Captum, full, ...) so that all see the same machine
+load; the load average before and after is reported. Per layer: the multiply-add saving that the
+window arithmetic predicts (:meth:`IncrementalOccluder.plan`) and the measured time saving (wall
+seconds of that layer in the full sweep / in the incremental one, patch assembly included).
+Peak resident memory of one full and one incremental sweep (``peak_rss_of``) is reported too.
+Before the timed runs both paths are checked to agree (largest relative difference of the logits).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+def _load():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        return None
+
+
+def _import_captum():
+    try:
+        import captum.attr  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise ImportError("--compare captum needs PyTorch and Captum (pip install torch captum, or "
+                          "pip install 'zfscratch[bench]')") from None
+    import sys
+    return sys.modules["torch"], sys.modules["captum.attr"]
+
+
+def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="numba", batch=32,
+                        inc_batch=None, repeats=1, threads=None, captum=False, seed=0, progress=print):
+    """Time one occlusion sweep three ways. Returns a JSON-ready dict (see :func:`format_occlusion`).
+
+    Parameters
+    ----------
+    model, size : network (random weights, ``seed``) and input side
+    patch, stride : occluder side and step in pixels
+    backend : compute backend
+    batch : occluded images per full forward pass (and Captum's ``perturbations_per_eval``)
+    inc_batch : positions per incremental pass (default: ``batch``)
+    repeats : timed sweeps of each method (interleaved); the best is reported
+    threads : threads for Numba, the BLAS and PyTorch (None: the libraries' defaults)
+    captum : also run Captum's Occlusion on the PyTorch twin
+    """
+    from zfscratch.backend import get_backend
+    from zfscratch.bench import peak_rss_of, torch_twin, warm_up_kernels
+    from zfscratch.experiments import occlusion as O
+    from zfscratch.experiments.incremental import IncrementalOccluder
+    from zfscratch.models import build_model
+    from zfscratch.util.numerics import softmax
+    from zfscratch.util.threads import set_threads, thread_info
+
+    torch = cattr = None
+    if captum:
+        torch, cattr = _import_captum()
+    inc_batch = int(inc_batch or batch)
+    be = get_backend(backend)
+    if threads is not None:
+        set_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(int(threads))
+    net = build_model({"arch": model, "input_size": int(size)}, backend=be, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, size, size)).astype(np.float32)
+    fill = np.zeros_like(x)
+    ys = O.occluder_positions(size, patch, stride)
+    gy, gx = (a.ravel() for a in np.meshgrid(ys, ys, indexing="ij"))
+    n = int(gy.size)
+    boxes = [(int(a), int(b), int(a) + patch, int(b) + patch) for a, b in zip(gy, gx)]
+    progress(f"occlusion bench: {model} {size}, patch {patch}, stride {stride}: {n} positions, backend {be.name}")
+    jit = warm_up_kernels(be)
+    base = be.to_host(net.forward(be.to_device(x[None])))
+    label = int(np.argmax(base[0]))
+    xd, fd = be.to_device(x), be.to_device(fill)
+    full_secs, inc_secs = {}, {}
+
+    def full_sweep(timing=None):
+        outs = []
+        for s in range(0, n, batch):
+            e = min(n, s + batch)
+            a = O.occlude_batch(xd, fd, gy[s:e], gx[s:e], patch, be.xp)
+            t = time.perf_counter()
+            for l in net.layers:
+                a = l.forward(a)
+                if timing is not None:
+                    be.synchronize()
+                    t2 = time.perf_counter()
+                    timing[l.name] = timing.get(l.name, 0.0) + t2 - t
+                    t = t2
+            outs.append(be.to_host(a))
+        return np.concatenate(outs)
+
+    def inc_sweep(timing=None):
+        eng = IncrementalOccluder(net, xd, fd)
+        eng.seconds = timing
+        outs = [be.to_host(eng.positions(boxes[s:s + inc_batch])["logits"]) for s in range(0, n, inc_batch)]
+        return np.concatenate(outs)
+
+    plan = IncrementalOccluder(net, xd, fd).plan(boxes)
+    res = dict(config=dict(model=model, size=int(size), patch=int(patch), stride=int(stride), positions=n,
+                           backend=be.name, batch=int(batch), inc_batch=inc_batch, repeats=int(repeats),
+                           seed=int(seed), captum=bool(captum)),
+               jit_s=jit, threads=thread_info(), load_before=_load())
+    res["blas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    progress("agreement and memory: one full and one incremental sweep")
+    got = {}
+    res["peak_mib_full"], rss0 = peak_rss_of(lambda: got.__setitem__("full", full_sweep()))
+    res["peak_mib_incremental"], rss1 = peak_rss_of(lambda: got.__setitem__("inc", inc_sweep()))
+    res["rss_before_mib"] = max(rss0, rss1)
+    res["peak_ratio"] = (res["peak_mib_incremental"] - rss1) / max(1e-9, res["peak_mib_full"] - rss0)
+    pf, pi = softmax(got["full"])[:, label], softmax(got["inc"])[:, label]
+    res["logits_max_rel_diff"] = float(np.abs(got["full"] - got["inc"]).max() / np.abs(got["full"]).max())
+    res["prob_true_max_rel_diff"] = float((np.abs(pf - pi) / np.maximum(np.abs(pf), 1e-30)).max())
+    res["top_label_agree"] = float((got["full"].argmax(1) == got["inc"].argmax(1)).mean())
+
+    runs = {"full": [], "incremental": [], "captum": []}
+    if captum:
+        model_t = torch.nn.Sequential(*[m for _, m in torch_twin(net)]).eval()
+        xt = torch.from_numpy(x[None])
+        occ = cattr.Occlusion(model_t)
+
+        def captum_sweep():
+            with torch.no_grad():
+                return occ.attribute(xt, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
+                                     baselines=0, target=label, perturbations_per_eval=batch)
+        progress("Captum: warm-up sweep")
+        captum_sweep()
+    for r in range(int(repeats)):
+        progress(f"round {r + 1}/{repeats}: full")
+        t = time.perf_counter()
+        full_sweep(full_secs if r == 0 else None)
+        runs["full"].append(time.perf_counter() - t)
+        progress(f"round {r + 1}/{repeats}: incremental")
+        t = time.perf_counter()
+        inc_sweep(inc_secs if r == 0 else None)
+        runs["incremental"].append(time.perf_counter() - t)
+        if captum:
+            progress(f"round {r + 1}/{repeats}: Captum")
+            t = time.perf_counter()
+            captum_sweep()
+            runs["captum"].append(time.perf_counter() - t)
+    res["load_after"] = _load()
+    res["seconds"] = {k: v for k, v in runs.items() if v}
+    res["positions_per_s"] = {k: n / min(v) for k, v in runs.items() if v}
+    pps = res["positions_per_s"]
+    res["speedup_vs_full"] = pps["incremental"] / pps["full"]
+    if captum:
+        res["speedup_vs_captum"] = pps["incremental"] / pps["captum"]
+    rows = []
+    for p in plan:
+        tf, ti = full_secs.get(p["layer"], 0.0), inc_secs.get(p["layer"], 0.0)
+        rows.append(dict(p, predicted_saving=p["full_macs"] / max(p["incremental_macs"], 1e-30),
+                         full_s=tf, incremental_s=ti, measured_saving=tf / ti if ti > 0 else None))
+    res["layers"] = rows
+    tot_f = sum(p["full_macs"] for p in plan)
+    tot_i = sum(p["incremental_macs"] for p in plan)
+    res["predicted_saving_total"] = tot_f / tot_i
+    return res
+
+
+def format_occlusion(res):
+    """Human-readable report of :func:`run_occlusion_bench`."""
+    c = res["config"]
+    th = res.get("threads", {})
+    pps = res["positions_per_s"]
+    forced = " ".join(f"{k}={v}" for k, v in res["blas_env"].items()) or "none"
+    lines = [f"occlusion bench: {c['model']} {c['size']}x{c['size']}, patch {c['patch']}, stride {c['stride']}, "
+             f"{c['positions']} positions, backend {c['backend']}, batch {c['batch']} (incremental "
+             f"{c['inc_batch']}), best of {c['repeats']} interleaved",
+             f"threads: numba {th.get('numba')}, BLAS {th.get('blas')}; BLAS variables forced: {forced}; "
+             f"load average before {res['load_before']}, after {res['load_after']}",
+             f"agreement: logits max rel diff {res['logits_max_rel_diff']:.1e}, P(true) max rel diff "
+             f"{res['prob_true_max_rel_diff']:.1e}, top label agrees {100 * res['top_label_agree']:.1f}%",
+             f"peak memory of a sweep above the process: full {res['peak_mib_full'] - res['rss_before_mib']:.0f} MiB, "
+             f"incremental {res['peak_mib_incremental'] - res['rss_before_mib']:.0f} MiB "
+             f"(ratio {res['peak_ratio']:.2f})", ""]
+    lines.append(f"{'method':<12} {'positions/s':>12} {'seconds':>8} {'incremental x':>14}")
+    for k in ("full", "incremental", "captum"):
+        if k in pps:
+            lines.append(f"{k:<12} {pps[k]:12.1f} {min(res['seconds'][k]):8.2f} "
+                         f"{pps['incremental'] / pps[k]:14.2f}")
+    lines += ["", f"{'layer':<8} {'kind':<18} {'window':>7} {'MACs saved x':>12} {'full s':>8} {'incr s':>8} "
+                  f"{'time saved x':>12}"]
+    for r in res["layers"]:
+        ms = "-" if r["measured_saving"] is None else f"{r['measured_saving']:.2f}"
+        lines.append(f"{r['layer']:<8} {r['kind']:<18} {100 * r['window']:6.0f}% {r['predicted_saving']:12.2f} "
+                     f"{r['full_s']:8.3f} {r['incremental_s']:8.3f} {ms:>12}")
+    tf = sum(r["full_s"] for r in res["layers"])
+    ti = sum(r["incremental_s"] for r in res["layers"])
+    lines.append(f"{'total':<8} {'':<18} {'':>7} {res['predicted_saving_total']:12.2f} {tf:8.3f} {ti:8.3f} "
+                 f"{tf / ti if ti else float('nan'):12.2f}")
+    return "\n".join(lines)
