@@ -124,3 +124,22 @@ def test_bad_image_shape():
     from zfscratch.errors import UserError
     with pytest.raises(UserError, match="expected one image"):
         IncrementalOccluder(odd_net(), np.zeros((1, 3, 23, 23)))
+
+
+def test_a_global_layer_ends_the_incremental_part():
+    """LocalContrastNorm divides by a whole-map mean: every output changes, so it and what follows run
+    in full, and the results stay exact."""
+    c = lambda kind, name, **cfg: {"kind": kind, "name": name, "config": cfg}
+    specs = [c("Conv2d", "conv1", in_ch=3, out_ch=4, k=3, stride=1, pad=1), c("ReLU", "relu1"),
+             c("LocalContrastNorm", "lcn", size=3, sigma=1.0), c("Conv2d", "conv2", in_ch=4, out_ch=4, k=3),
+             c("Flatten", "flatten"), c("Linear", "fc", in_f=4 * 9 * 9, out_f=3)]
+    net = build_from_specs(specs, dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(3, 11, 11))
+    fill = np.zeros_like(x)
+    boxes = boxes_for(11, 3, 4, 0)
+    inc = IncrementalOccluder(net, x, fill, keep=["relu1", "conv2"])
+    assert [g.layer.name for g in inc.spatial] == ["conv1", "relu1"]
+    got = inc.positions(boxes)
+    ref = full_outputs(net, x, fill, boxes, ["relu1", "conv2"])
+    for name in ("relu1", "conv2", "logits"):
+        close(got[name], ref[name], 1e-10)

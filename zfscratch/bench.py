@@ -338,7 +338,7 @@ def torch_twin(net, device="cpu"):
             m = nn.ReLU()
         elif l.kind == "MaxPool2d":
             m = nn.MaxPool2d(l.k, l.stride, ceil_mode=l.ceil_mode)
-        elif l.kind in ("LocalContrastNorm", "LocalResponseNorm"):
+        elif l.kind == "LocalResponseNorm":
             m = nn.LocalResponseNorm(l.size, alpha=l.alpha, beta=l.beta, k=l.k)
         elif l.kind == "Flatten":
             m = nn.Flatten()

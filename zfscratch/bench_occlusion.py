@@ -9,8 +9,9 @@ The runs are interleaved (full, incremental, Captum, full, ...) so that all see 
 load; the load average before and after is reported. Per layer: the multiply-add saving that the
 window arithmetic predicts (:meth:`IncrementalOccluder.plan`) and the measured time saving (wall
 seconds of that layer in the full sweep / in the incremental one, patch assembly included).
-Peak resident memory of one full and one incremental sweep (``peak_rss_of``) is reported too.
-Before the timed runs both paths are checked to agree (largest relative difference of the logits).
+The first round also gives the peak resident memory of a full and an incremental sweep
+(``peak_rss_of``), the per-layer seconds, and the agreement of the two (largest relative difference
+of the logits and of P(top class of the unoccluded image)). Captum gets one warm-up batch.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="nu
     backend : compute backend
     batch : occluded images per full forward pass (and Captum's ``perturbations_per_eval``)
     inc_batch : positions per incremental pass (default: ``batch``)
-    repeats : timed sweeps of each method (interleaved); the best is reported
+    repeats : timed sweeps of each method (interleaved rounds); the best is reported
     threads : threads for Numba, the BLAS and PyTorch (None: the libraries' defaults)
     captum : also run Captum's Occlusion on the PyTorch twin
     """
@@ -113,18 +114,8 @@ def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="nu
                            seed=int(seed), captum=bool(captum)),
                jit_s=jit, threads=thread_info(), load_before=_load())
     res["blas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
-    progress("agreement and memory: one full and one incremental sweep")
-    got = {}
-    res["peak_mib_full"], rss0 = peak_rss_of(lambda: got.__setitem__("full", full_sweep()))
-    res["peak_mib_incremental"], rss1 = peak_rss_of(lambda: got.__setitem__("inc", inc_sweep()))
-    res["rss_before_mib"] = max(rss0, rss1)
-    res["peak_ratio"] = (res["peak_mib_incremental"] - rss1) / max(1e-9, res["peak_mib_full"] - rss0)
-    pf, pi = softmax(got["full"])[:, label], softmax(got["inc"])[:, label]
-    res["logits_max_rel_diff"] = float(np.abs(got["full"] - got["inc"]).max() / np.abs(got["full"]).max())
-    res["prob_true_max_rel_diff"] = float((np.abs(pf - pi) / np.maximum(np.abs(pf), 1e-30)).max())
-    res["top_label_agree"] = float((got["full"].argmax(1) == got["inc"].argmax(1)).mean())
-
     runs = {"full": [], "incremental": [], "captum": []}
+    captum_sweep = None
     if captum:
         model_t = torch.nn.Sequential(*[m for _, m in torch_twin(net)]).eval()
         xt = torch.from_numpy(x[None])
@@ -134,22 +125,38 @@ def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="nu
             with torch.no_grad():
                 return occ.attribute(xt, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
                                      baselines=0, target=label, perturbations_per_eval=batch)
-        progress("Captum: warm-up sweep")
-        captum_sweep()
+        with torch.no_grad():  # warm-up: one batch through the twin
+            model_t(xt.repeat(batch, 1, 1, 1))
+
+    def timed(key, fn):
+        t = time.perf_counter()
+        out = fn()
+        runs[key].append(time.perf_counter() - t)
+        return out
+
+    got = {}
     for r in range(int(repeats)):
-        progress(f"round {r + 1}/{repeats}: full")
-        t = time.perf_counter()
-        full_sweep(full_secs if r == 0 else None)
-        runs["full"].append(time.perf_counter() - t)
-        progress(f"round {r + 1}/{repeats}: incremental")
-        t = time.perf_counter()
-        inc_sweep(inc_secs if r == 0 else None)
-        runs["incremental"].append(time.perf_counter() - t)
-        if captum:
+        if r == 0:  # the first round also measures peak memory, per-layer seconds and agreement
+            progress(f"round 1/{repeats}: full (with peak memory and per-layer times)")
+            res["peak_mib_full"], rss0 = peak_rss_of(
+                lambda: got.__setitem__("full", timed("full", lambda: full_sweep(full_secs))))
+            progress(f"round 1/{repeats}: incremental (with peak memory and per-layer times)")
+            res["peak_mib_incremental"], rss1 = peak_rss_of(
+                lambda: got.__setitem__("inc", timed("incremental", lambda: inc_sweep(inc_secs))))
+        else:
+            progress(f"round {r + 1}/{repeats}: full")
+            timed("full", full_sweep)
+            progress(f"round {r + 1}/{repeats}: incremental")
+            timed("incremental", inc_sweep)
+        if captum_sweep is not None:
             progress(f"round {r + 1}/{repeats}: Captum")
-            t = time.perf_counter()
-            captum_sweep()
-            runs["captum"].append(time.perf_counter() - t)
+            timed("captum", captum_sweep)
+    res["rss_before_mib"] = max(rss0, rss1)
+    res["peak_ratio"] = (res["peak_mib_incremental"] - rss1) / max(1e-9, res["peak_mib_full"] - rss0)
+    pf, pi = softmax(got["full"])[:, label], softmax(got["inc"])[:, label]
+    res["logits_max_rel_diff"] = float(np.abs(got["full"] - got["inc"]).max() / np.abs(got["full"]).max())
+    res["prob_true_max_rel_diff"] = float((np.abs(pf - pi) / np.maximum(np.abs(pf), 1e-30)).max())
+    res["top_label_agree"] = float((got["full"].argmax(1) == got["inc"].argmax(1)).mean())
     res["load_after"] = _load()
     res["seconds"] = {k: v for k, v in runs.items() if v}
     res["positions_per_s"] = {k: n / min(v) for k, v in runs.items() if v}
