@@ -125,6 +125,19 @@ def test_occlude_cli_on_an_image_file(trained, tmp_path):
     assert rc == 0 and d["bbox"] is not None and d["value"] == "128"
     assert main(["occlude", "--weights", weights, "--image", str(tmp_path / "missing.png"), "--out",
                  str(out), "--quiet"]) == 2
+    # several images, one progress bar; the incremental engine (default) and full recompute agree
+    for flag, name in (([], "inc"), (["--no-incremental"], "full")):
+        rc = main(["occlude", "--weights", weights, "--data", SPEC, "--indices", "0,2-3", "--patch", "8",
+                   "--stride", "8", "--out", str(out), "--quiet", "--backend", "numpy", "--name", name] + flag)
+        assert rc == 0
+    for i in (0, 2, 3):
+        a, b = (json.loads((out / f"{n}_{i}.json").read_text()) for n in ("inc", "full"))
+        assert a["incremental"] and not b["incremental"]
+        np.testing.assert_allclose(a["prob_true"], b["prob_true"], rtol=1e-5, atol=1e-7)
+        assert a["top_label"] == b["top_label"]
+    assert not (out / "inc_1.json").exists()
+    for bad in (["--indices", "3-1"], ["--indices", "x"], ["--indices", "99999"]):
+        assert main(["occlude", "--weights", weights, "--data", SPEC, "--out", str(out), "--quiet"] + bad) == 2
 
 
 # ----------------------------------------------------------------------------- invariance

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from zfscratch.errors import UserError
+
 ORDER = 40
 
 DATA_HELP = ("dataset: synthetic[:key=value,...], idx:PATH, cifar:PATH, folder:PATH (default: the data the "
@@ -93,6 +95,12 @@ def register(sub):
                      "trained on, as recorded in their metadata)", "") + " (with --index)")
     p.add_argument("--split", default="test", help="split of --data (default test)")
     p.add_argument("--index", type=int, default=0, help="sample of --data (default 0)")
+    p.add_argument("--indices", default=None, metavar="LIST",
+                   help="several samples of --data, e.g. 0,3,7 or 0-4 (overrides --index): one figure and JSON "
+                        "per image (NAME_INDEX.png/.json), one progress bar for all")
+    p.add_argument("--no-incremental", dest="incremental", action="store_false",
+                   help="one full forward pass per occluder position (default: recompute only the part of each "
+                        "layer the occluder can change; same numbers to float rounding, several times faster)")
     p.add_argument("--patch", type=int, default=None,
                    help="occluder side in pixels of the model input (default: input size / 5)")
     p.add_argument("--stride", type=int, default=None,
@@ -204,9 +212,33 @@ def register(sub):
 
 
 # ----------------------------------------------------------------------------- handlers
+def _parse_indices(text):
+    """``"0,3,5-7"`` -> [0, 3, 5, 6, 7] (UserError naming --indices otherwise)."""
+    out = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"--indices {text!r}: expected sample numbers like 0,3,7 or 0-4") from None
+    if not out or min(out) < 0:
+        raise UserError(f"--indices {text!r}: expected one or more non-negative sample numbers")
+    return list(dict.fromkeys(out))
+
+
 def cmd_occlude(args):
-    from zfscratch.experiments.occlusion import run_occlusion
+    from zfscratch.experiments import _shared as S
+    from zfscratch.experiments.occlusion import occluder_positions, run_occlusion
     _check_positive(batch=args.batch, patch=args.patch, stride=args.stride)
+    if args.indices is not None and not args.data:
+        raise UserError("--indices: needs --data (samples of a dataset)")
+    indices = _parse_indices(args.indices) if args.indices is not None else None
     net, meta = _load(args.weights, args.backend)
     out = _out_dir(args, args.weights, "occlusion")
     image = dataset = None
@@ -215,10 +247,40 @@ def cmd_occlude(args):
         image = load_image(args.image)
     else:
         dataset = _open_data(args.data, meta, args.split)
-    res = run_occlusion(net, meta, out, image=image, dataset=dataset, index=args.index, label=args.label,
-                        patch=args.patch, stride=args.stride, margin=args.margin, value=args.value,
-                        batch=args.batch, project_mode=args.project_mode, progress=not args.quiet,
-                        name=args.name, world=_world(args, net))
+    common = dict(label=args.label, patch=args.patch, stride=args.stride, margin=args.margin, value=args.value,
+                  batch=args.batch, project_mode=args.project_mode, world=_world(args, net),
+                  incremental=args.incremental)
+    if indices is not None:
+        bad = [i for i in indices if i >= len(dataset)]
+        if bad:
+            raise UserError(f"--indices: {bad[0]} out of range 0..{len(dataset) - 1}")
+        size = S.input_size(net)
+        patch = args.patch or max(1, round(size / 5))
+        stride = args.stride or max(1, round(size / 28))
+        per = occluder_positions(size, patch, stride, args.margin).size ** 2
+        bar = S.progress_bar(per * len(indices), f"occlusion of {len(indices)} images",
+                             not args.quiet and _is_root(), unit="pos")
+        results = []
+        try:
+            for i in indices:
+                results.append(run_occlusion(net, meta, out, dataset=dataset, index=i, progress=False, bar=bar,
+                                             name=f"{args.name}_{i}", **common))
+        finally:
+            bar.close()
+        if not _is_root():
+            return 0
+        secs = sum(r["seconds"] for r in results)
+        npos = sum(r["positions"] for r in results)
+        print(f"occlusion: {len(results)} images x {results[0]['positions']} positions (patch "
+              f"{results[0]['patch']}, stride {results[0]['stride']}) in {secs:.2f} s = {npos / secs:.1f} "
+              f"positions/s on {net.backend.name}{'' if args.incremental else ' (full recompute)'}")
+        for i, r in zip(indices, results):
+            print(f"  #{i} {r['label_name']}: P(true) {r['base_prob_true']:.3f} unoccluded, minimum "
+                  f"{r['min_prob_true']:.3f} at (x, y) = ({r['min_prob_position_xy'][0]:.0f}, "
+                  f"{r['min_prob_position_xy'][1]:.0f}); figure {r['figure']}")
+        return 0
+    res = run_occlusion(net, meta, out, image=image, dataset=dataset, index=args.index,
+                        progress=not args.quiet, name=args.name, **common)
     if not _is_root():
         return 0
     print(f"occlusion: {res['positions']} positions (patch {res['patch']}, stride {res['stride']}) in "

@@ -325,10 +325,6 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
         the input side: 44 and 8 at 224, 12 and 2 at 64)
     value : "mean" (default: the training mean, 0 after mean subtraction) or a grey level 0-255
     batch : occluder positions per pass
-    incremental : bool, default True: recompute only the part of each layer that the occluder can
-        change (:class:`zfscratch.experiments.incremental.IncrementalOccluder`; exact up to float
-        rounding); False: one full forward pass per occluded image (to compare)
-    bar : an open progress bar to advance instead of making one (multi-image runs)
     project_mode : DeconvNet mode for panel (b): "max" (strongest activation) or "map" (whole map)
     incremental : recompute only what the occluder changes (default True; see :func:`occlusion_maps`)
     bar : an open progress bar to advance (multi-image runs); default: one of its own
