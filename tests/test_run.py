@@ -25,7 +25,8 @@ TINY = dict(
     invariance_images=1, invariance_eval=2, correspondence_images=2, correspondence_groups=1,
     layerwise_train=40, layerwise_test=30, layerwise_epochs=1, arch_probe=8,
 )
-STAGES = [s.name for s in pipeline.build_stages("quick")]
+STAGES = [s.name for s in pipeline.build_stages("quick") if not s.optional]
+OPTIONAL = [s.name for s in pipeline.build_stages("quick") if s.optional]
 
 
 def _tiny(monkeypatch):
@@ -230,6 +231,40 @@ def _folder(root, rng):
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"img{i:03d}.png")
     return root
+
+
+def test_optional_stage_runs_only_when_named(tiny_run, tmp_path, monkeypatch):
+    out, res, _ = tiny_run
+    assert OPTIONAL == ["normalization"] and "normalization" not in res["stages"]
+    body = _sections(_html(out))["normalization"]
+    assert "Optional section, not computed" in body and "--stages normalization" in body
+    assert 'class="error"' not in body
+    out = _copy(out, tmp_path)
+    _tiny(monkeypatch)
+    calls = _forbid_stage_calls(monkeypatch, allowed=("normalization",))
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None,
+                                stages=["normalization"])
+    assert calls == ["normalization"] and res["failed"] == []
+    r = res["stages"]["normalization"]["result"]
+    assert list(r["models"]) == ["lrn", "lcn", "none"]
+    assert r["lcn"]["size"] == 5          # norm2 sees 6x6 maps at 48 px: the default window fits
+    for norm, st in r["models"].items():
+        assert 0 <= st["val_accuracy"] <= 1 and (out / st["topk_figure"]).is_file()
+    body = _sections(_html(out))["normalization"]
+    assert "<table" in body and "<img " in body and "zfscratch normalization" in body
+    # a plain rerun keeps the optional section's result and does not recompute it
+    calls.clear()
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None)
+    assert calls == [] and res["stages"]["normalization"]["status"] == "done"
+
+
+def test_lcn_window_shrinks_to_fit_small_maps():
+    from zfscratch.models import build_model
+    from zfscratch.pipeline.sections.normalization import _lcn_size
+    assert _lcn_size(build_model(dict(arch="zfnet_small", input_size=48))) == 5
+    assert _lcn_size(build_model(dict(arch="zfnet_small", input_size=32))) == 3
+    assert _lcn_size(build_model(dict(arch="zfnet_small", input_size=24))) == 3   # norm2 input 3x3
+    assert _lcn_size(build_model(dict(arch="zfnet_small", input_size=16))) == 1   # 2x2
 
 
 def test_own_images_skip_synthetic_only_sections(tmp_path, monkeypatch):

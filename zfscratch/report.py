@@ -106,9 +106,9 @@ def render_block(block):
     raise ValueError(f"unknown report block {kind!r}")
 
 
-def _status(entry, last):
+def _status(entry, last, optional=False):
     if not entry:
-        return "not run", "not"
+        return ("optional, not run" if optional else "not run"), "not"
     st = entry.get("status", "?")
     if st == "done":
         return ("reused" if last == "reused" else "computed"), ("reused" if last == "reused" else "done")
@@ -117,14 +117,18 @@ def _status(entry, last):
 
 def stage_section(stage, entry, ctx, last=None):
     """The HTML section of one stage from its manifest entry."""
-    label, cls = _status(entry, last)
+    label, cls = _status(entry, last, stage.optional)
     parts = [f'<section id="{esc(stage.name)}">',
              f'<h2>{esc(stage.title)}<span class="paper">{esc(stage.paper)}</span></h2>',
              f'<p class="what">{esc(stage.what)}</p>']
     res = (entry or {}).get("result") or {}
     if not entry or entry.get("status") in ("failed", "not run"):
-        err = (entry or {}).get("error") or "this stage has not been run yet (run `zfscratch run`)"
-        parts.append(f'<p class="error">{esc(err)}</p>')
+        if not entry and stage.optional:
+            parts.append(f'<p class="note">Optional section, not computed: add <code>--stages {esc(stage.name)}'
+                         f'</code> to the <code>zfscratch run</code> command to compute it.</p>')
+        else:
+            err = (entry or {}).get("error") or "this stage has not been run yet (run `zfscratch run`)"
+            parts.append(f'<p class="error">{esc(err)}</p>')
         if entry and entry.get("traceback"):
             parts.append(f"<details><summary>traceback</summary><pre>{esc(entry['traceback'])}</pre></details>")
     elif entry.get("status") == "skipped":
@@ -166,10 +170,10 @@ def build_html(manifest, stages, ctx):
     timing_rows = []
     for s in stages:
         e = st.get(s.name)
-        label, cls = _status(e, last.get(s.name))
+        label, cls = _status(e, last.get(s.name), s.optional)
         secs = (e or {}).get("seconds", 0.0) or 0.0
         toc.append(f'<li><a href="#{esc(s.name)}">{esc(s.title)}</a> <span class="status-{esc(cls)}">'
-                   f"({esc(label)}{'' if label in ('not run', 'skipped') else f', {secs:.1f} s'})</span></li>")
+                   f"({esc(label)}{'' if label in ('not run', 'optional, not run', 'skipped') else f', {secs:.1f} s'})</span></li>")
         cpu = (e or {}).get("cpu_seconds")
         timing_rows.append([s.name, s.paper, label, f"{secs:.1f}", "" if cpu is None else f"{cpu:.1f}",
                             (e or {}).get("backend", "")])

@@ -28,7 +28,7 @@ def register(sub):
     p.add_argument("--stages", default=None, metavar="LIST",
                    help="comma-separated stages to run (their inputs are added); default: all. Stages: data, train, "
                         "evaluate, filters, topk, evolution, reconstruct, occlusion, invariance, correspondence, "
-                        "layerwise, architecture")
+                        "layerwise, architecture, normalization (optional: runs only when named)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (stage lines are still printed)")
     p.set_defaults(func=cmd_run)
 

@@ -70,6 +70,8 @@ class Stage:
     commands : ``commands(ctx, cfg) -> [str]``: stand-alone commands that redo the stage
     render : ``render(result, ctx) -> [block]`` (see :mod:`zfscratch.report`)
     synthetic_only : skipped (with a note in the report) on data without part landmarks
+    optional : run only when named in ``--stages`` (costly extras, e.g. more trainings); the report
+        then says how to ask for it
     """
 
     name: str
@@ -82,6 +84,7 @@ class Stage:
     commands: object = None
     render: object = None
     synthetic_only: bool = False
+    optional: bool = False
 
 
 class Context:
@@ -294,9 +297,11 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
 
 
 def _select(all_stages, stages, force):
-    """(names to run, names to recompute) for ``--stages`` (with their inputs, recursively) and ``--force``."""
+    """(names to run, names to recompute) for ``--stages`` (with their inputs, recursively) and ``--force``.
+
+    Optional stages run only when named."""
     names = [s.name for s in all_stages]
-    wanted = set(names)
+    wanted = {s.name for s in all_stages if not s.optional}
     if stages:
         unknown = [s for s in stages if s not in names]
         if unknown:
@@ -309,7 +314,7 @@ def _select(all_stages, stages, force):
             if n not in wanted:
                 wanted.add(n)
                 todo.extend(by_name[n].inputs)
-    forced = set(names) if force and not stages else (set(stages) if force else set())
+    forced = wanted if force and not stages else (set(stages) if force else set())
     return wanted, forced
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from zfscratch.pipeline.profiles import PROFILES
 from zfscratch.pipeline.sections import (architecture, correspondence, data, evaluate, evolution, filters,
-                                         invariance, layerwise, occlusion, reconstruct, topk, train)
+                                         invariance, layerwise, normalization, occlusion, reconstruct, topk,
+                                         train)
 
 #: the sections of the report, in the order they run and appear
 SECTIONS = [
@@ -24,6 +25,7 @@ SECTIONS = [
     correspondence,
     layerwise,
     architecture,
+    normalization,  # optional: --stages normalization
 ]
 
 
