@@ -116,9 +116,11 @@ def _cmd_occlusion(args, size):
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
     repeats = args.repeats if args.repeats != 5 else 2  # whole sweeps are long: default 2 rounds
+    from zfscratch.experiments.occlusion import INCREMENTAL_BATCH_FACTOR
+    batch = args.batch if args.batch != 16 else 32  # zfscratch occlude's default
     try:
         res = run_occlusion_bench(model=args.model, size=size, patch=args.patch, stride=args.stride,
-                                  backend=args.backend, batch=args.batch if args.batch != 16 else 32,
+                                  backend=args.backend, batch=batch, inc_batch=INCREMENTAL_BATCH_FACTOR * batch,
                                   repeats=repeats, threads=args.threads, captum=captum, seed=args.seed,
                                   progress=progress)
     except ValueError as e:
