@@ -149,3 +149,37 @@ def test_page_faults_per_step_sees_fresh_memory():
     reuse = bench.page_faults_per_step(lambda: buf.fill(1.0), lambda: None)
     fresh = bench.page_faults_per_step(lambda: np.ones(1 << 24, np.float32), lambda: None)
     assert reuse < 20 and fresh > 100
+
+
+def _has_captum():
+    try:
+        import captum.attr  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_occlusion_bench_cli(tmp_path, capsys, restore_threads):
+    out = tmp_path / "occ.json"
+    rc = main(["bench", "--occlusion", "--model", "zfnet_small", "--size", "32", "--patch", "8", "--stride", "6",
+               "--batch", "4", "--repeats", "1", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "positions/s" in text and "MACs saved" in text and "load average" in text
+    res = json.loads(out.read_text())
+    assert res["config"]["positions"] == 25 and set(res["positions_per_s"]) == {"full", "incremental"}
+    assert res["logits_max_rel_diff"] < 1e-5 and res["top_label_agree"] == 1.0
+    assert [r["layer"] for r in res["layers"]] == LAYERS
+    conv1 = res["layers"][0]
+    assert conv1["predicted_saving"] > 1 and conv1["full_s"] > 0 and conv1["incremental_s"] > 0
+    assert main(["bench", "--model", "zfnet_small", "--compare", "captum"]) == 2  # captum only with --occlusion
+    assert main(["bench", "--occlusion", "--model", "zfnet_small", "--size", "32", "--patch", "40"]) == 2
+
+
+@pytest.mark.skipif(not _has_captum(), reason="Captum is not installed")
+def test_occlusion_bench_captum():
+    from zfscratch.bench_occlusion import format_occlusion, run_occlusion_bench
+    res = run_occlusion_bench(model="zfnet_small", size=32, patch=8, stride=6, batch=4, captum=True,
+                              progress=lambda m: None)
+    assert res["positions_per_s"]["captum"] > 0 and res["speedup_vs_captum"] > 0
+    assert "captum" in format_occlusion(res)
