@@ -137,6 +137,14 @@ def test_occlusion_and_sweep(client, engine):
     out = S.forward_layers(engine.net, xo, ["relu5"])
     assert o["p_true"] == pytest.approx(S.softmax(out["logits"])[0, o["true"]], rel=1e-6)
     assert o["activity"] == pytest.approx(float(out["relu5"][0, o["map"]].sum()), rel=1e-5)
+    for way in ("incremental", "full"):  # both ways of computing it give those numbers
+        engine.occlusion_mode = way
+        try:
+            w = engine.occlude("d2", 8, 8, 16, 5, o["map"])
+        finally:
+            engine.occlusion_mode = "auto"
+        assert w["way"] == way and w["p_true"] == pytest.approx(o["p_true"], rel=1e-5)
+        assert w["activity"] == pytest.approx(o["activity"], rel=1e-5)
     # the sweep is the library's sweep
     s = _json(client.get("/api/sweep?img=d2&size=8&stride=4&layer=5"))
     ref = occlusion_maps(engine.net, x, s["true"], patch=8, stride=4, layer="relu5")

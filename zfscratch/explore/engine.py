@@ -162,6 +162,10 @@ class Engine:
             self.penultimate = None
         self._uploads = collections.OrderedDict()
         self._cur_key, self._cur = None, None
+        self._inc_key, self._inc = None, None   # the incremental occluder of the last image + layer
+        #: "auto" (measure both, then use the faster), "incremental" or "full"
+        self.occlusion_mode = "auto"
+        self._occ_times = {"incremental": [], "full": []}
         self.k = int(k)
         self.scan_n = len(dataset) if images is None else max(0, min(int(images), len(dataset)))
         self.cache_root = cache_root or default_cache_root()
@@ -400,6 +404,10 @@ class Engine:
     def occlude(self, key, y, x, size, layer=None, m=None, label=None):
         """One occluder position: P(true), the top label and the chosen map's total activity.
 
+        Computed incrementally (:class:`zfscratch.experiments.incremental.IncrementalOccluder`: only
+        what the occluder can change is recomputed; exact to float rounding) or by a full forward
+        pass, whichever measured faster here (:meth:`_occlusion_way`; the answer is ``way``).
+
         ``y, x``: top-left corner in input pixels (may overhang), ``size``: side. Map default: the
         strongest of the last layer for the unoccluded image."""
         size = int(size)
@@ -416,14 +424,48 @@ class Engine:
             if m is None or int(m) < 0:
                 m = int(np.argmax(base_map.reshape(base_map.shape[0], -1).max(axis=1)))
             m = self._map(name, m)
-            xo = occ.occlude_batch(cur["x"], self._fill(), [y], [x], size)
-            out = S.forward_layers(self.net, xo, [name])
-        p = S.softmax(out["logits"])[0]
+            be = self.net.backend
+            way = self._occlusion_way()
+            t0 = time.perf_counter()
+            if way == "incremental":
+                inc = self._incremental(key, name)
+                out = inc.positions([(max(y, 0), max(x, 0), min(y + size, self.size), min(x + size, self.size))])
+                logits = np.asarray(be.to_host(out["logits"]), np.float64)
+                activity = float(be.to_host(out[name][0, m].sum()))
+            else:
+                xo = occ.occlude_batch(cur["x"], self._fill(), [y], [x], size)
+                out = S.forward_layers(self.net, xo, [name])
+                logits, activity = out["logits"], float(out[name][0, m].sum())
+            if len(self._occ_times[way]) < 3:
+                self._occ_times[way].append(time.perf_counter() - t0)
+        p = S.softmax(logits)[0]
         pred = int(np.argmax(p))
         return {"p_true": float(p[t]), "true": t, "top": pred, "top_name": self.classes[pred],
-                "top_p": float(p[pred]), "activity": float(out[name][0, m].sum()),
+                "top_p": float(p[pred]), "activity": activity,
                 "base_activity": float(base_map[m].sum()), "base_p_true": float(cur["probs"][t]),
-                "layer": name, "map": m}
+                "layer": name, "map": m, "way": way}
+
+    def _occlusion_way(self):
+        """``"incremental"`` or ``"full"``: the first calls try both (after each one's warm-up call),
+        then the faster one is used. At one position per call the incremental engine's bookkeeping can
+        cost more than it saves (large windows from conv4 on, small GEMMs), depending on the net."""
+        t = self._occ_times
+        if self.occlusion_mode != "auto":
+            return self.occlusion_mode
+        if len(t["incremental"]) < 3 or len(t["full"]) < 3:
+            return "incremental" if len(t["incremental"]) <= len(t["full"]) else "full"
+        # the first call of each way warms caches/compilation: compare the later ones
+        return "incremental" if min(t["incremental"][1:]) <= min(t["full"][1:]) else "full"
+
+    def _incremental(self, key, name):
+        """The incremental occluder of this image (its unoccluded pass cached), keeping ``name``'s maps.
+
+        Call with ``self.lock`` held; rebuilt when the image or the layer changes."""
+        from zfscratch.experiments.incremental import IncrementalOccluder
+        if self._inc_key != (key, name):
+            self._inc = IncrementalOccluder(self.net, self._analyse(key)["x"], fill=self._fill(), keep=[name])
+            self._inc_key = (key, name)
+        return self._inc
 
     def sweep(self, key, size, stride, layer=None, m=None, label=None):
         """The whole occlusion sweep: (summary dict, PNG overlay of P(true) over the image, RGBA)."""
