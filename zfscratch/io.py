@@ -8,47 +8,17 @@ are refused, never unpickled.
 """
 from __future__ import annotations
 
-import io as _io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from zfscratch.errors import UserError
+from zfscratch.util.files import atomic_write_bytes, atomic_write_npz, atomic_write_text  # noqa: F401 (re-exported)
 
 META_KEY = "__meta__"
 WEIGHTS_FORMAT = "zfscratch-weights"
-
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A crash leaves either the old file or the new one, never a half-written file.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    """Atomic write of a UTF-8 text file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _meta_array(meta):
@@ -57,13 +27,11 @@ def _meta_array(meta):
 
 def atomic_savez(path, arrays, meta=None):
     """Save ``arrays`` (name -> array) and ``meta`` (JSON-serializable dict) to an ``.npz``, atomically."""
-    buf = _io.BytesIO()
-    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    payload = dict(arrays)
     if META_KEY in payload:
         raise ValueError(f"array name {META_KEY!r} is reserved")
     payload[META_KEY] = _meta_array(meta or {})
-    np.savez(buf, **payload)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_npz(path, payload)
 
 
 def load_npz(path, what="npz file"):
