@@ -496,8 +496,11 @@ class Engine:
         ix = np.abs(pix[:, None] - cx[None]).argmin(axis=1)
         import matplotlib
         cmap = matplotlib.colormaps["jet"]
-        heat = cmap(pt[np.ix_(iy, ix)])  # P(true) in 0..1: blue = the class is lost
-        heat[..., 3] = 0.55
+        v = pt[np.ix_(iy, ix)]
+        heat = cmap(v)  # P(true) in 0..1: blue = the class is lost
+        # opaque where the probability dropped most, see-through where it did not move
+        drop = np.clip((pt.max() - v) / max(float(pt.max() - pt.min()), 1e-12), 0, 1)
+        heat[..., 3] = 0.2 + 0.6 * drop
         i, j = np.unravel_index(np.argmin(pt), pt.shape)
         summary = {"positions": int(res["positions"]), "seconds": float(res["seconds"]),
                    "min_p_true": float(pt.min()), "max_p_true": float(pt.max()),

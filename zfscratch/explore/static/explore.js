@@ -332,7 +332,7 @@ async function sweep() {
     $("heat").classList.remove("hidden");
     $("sweep-out").textContent = `${s.positions} positions in ${s.seconds.toFixed(1)} s: P(${name(s.true)}) from ` +
       `${fmt(s.min_p_true)} to ${fmt(s.max_p_true)} (unoccluded ${fmt(s.base_p_true)}); colour = P(true) where the ` +
-      "occluder's centre is (blue: class lost, red: kept)";
+      "occluder's centre is (blue: class lost, red: kept; see-through where P(true) did not drop)";
   } catch (e) { $("sweep-out").textContent = ""; }
   $("sweep").disabled = false;
 }
