@@ -19,19 +19,26 @@ def _occlusion_indices(ds, n):
 
 
 def stage_occlusion(ctx, cfg):
-    from zfscratch.experiments.occlusion import run_occlusion
+    from zfscratch.experiments import _shared as S
+    from zfscratch.experiments.occlusion import occluder_positions, run_occlusion
     net, meta = ctx.model()
     split, ds = ctx.test()
     patch = int(cfg["patch"])
     out = ctx.dir("occlusion")
     items = []
-    for i in _occlusion_indices(ds, cfg["images"]):
-        r = run_occlusion(net, meta, out, dataset=ds, index=i, patch=patch, stride=cfg["stride"],
-                          progress=ctx.progress, name=f"occlusion_{i}")
-        items.append({k: r.get(k) for k in ("label_name", "base_label_name", "base_prob_true", "min_prob_true",
-                                            "min_prob_position_xy", "bbox", "min_inside_bbox", "layer",
-                                            "map_index", "positions", "positions_per_s", "seconds",
-                                            "figure", "json", "top_label_names")} | {"index": i})
+    indices = _occlusion_indices(ds, cfg["images"])
+    per = occluder_positions(S.input_size(net), patch, cfg["stride"]).size ** 2
+    bar = S.progress_bar(per * len(indices), f"occlusion of {len(indices)} images", ctx.progress, unit="pos")
+    try:  # incremental engine (the default): only what each occluder changes is recomputed
+        for i in indices:
+            r = run_occlusion(net, meta, out, dataset=ds, index=i, patch=patch, stride=cfg["stride"],
+                              progress=False, bar=bar, name=f"occlusion_{i}")
+            items.append({k: r.get(k) for k in ("label_name", "base_label_name", "base_prob_true", "min_prob_true",
+                                                "min_prob_position_xy", "bbox", "min_inside_bbox", "layer",
+                                                "map_index", "positions", "positions_per_s", "seconds",
+                                                "figure", "json", "top_label_names", "incremental")} | {"index": i})
+    finally:
+        bar.close()
     inside = [it["min_inside_bbox"] for it in items if it.get("min_inside_bbox") is not None]
     return {"split": split, "patch": patch, "stride": cfg["stride"], "images": items,
             "min_inside_fraction": (float(np.mean(inside)) if inside else None)}
@@ -45,7 +52,11 @@ def render_occlusion(res, ctx):
     blocks = [("table", ["image", "true class", "predicted", "P(true)", "lowest P(true) occluded",
                          "lowest inside the object", "positions"], rows),
               ("kv", [("occluder", f"{res['patch']}x{res['patch']} px, stride {res['stride']} px, filled with "
-                                   "the training mean")])]
+                                   "the training mean"),
+                      ("computation", "incremental: per occluder position only the part of each conv / ReLU / "
+                                      "pool / LRN output that the occluder can change is recomputed (same "
+                                      "numbers as full forward passes, to float rounding)"
+                       if all(it.get("incremental") for it in res["images"]) else "full forward passes")])]
     for it in res["images"]:
         blocks.append(("fig", it["figure"], f"Image {it['index']} ({it['label_name']}): input, (b) projection of "
                                             f"{it['layer']} map {it['map_index']}, (a) its total activation, (c) "
@@ -61,10 +72,9 @@ def cmds_occlusion(ctx, cfg):
         idx = _occlusion_indices(ds, cfg["images"])
     except Exception:  # noqa: BLE001 - commands are informative
         idx = [0]
-    for i in idx:
-        cmds.append(f"zfscratch occlude --weights {_q(ctx.cmd(ctx.weights))} --data {_q(ctx.spec)} --split {split} "
-                    f"--index {i} --patch {cfg['patch']} --stride {cfg['stride']} --name occlusion_{i} "
-                    f"--out {_q(ctx.cmd(ctx.dir('occlusion')))}{_backend_opt(ctx)}")
+    cmds.append(f"zfscratch occlude --weights {_q(ctx.cmd(ctx.weights))} --data {_q(ctx.spec)} --split {split} "
+                f"--indices {','.join(str(i) for i in idx)} --patch {cfg['patch']} --stride {cfg['stride']} "
+                f"--name occlusion --out {_q(ctx.cmd(ctx.dir('occlusion')))}{_backend_opt(ctx)}")
     return cmds
 
 
