@@ -183,3 +183,16 @@ def test_occlusion_bench_captum():
                               progress=lambda m: None)
     assert res["positions_per_s"]["captum"] > 0 and res["speedup_vs_captum"] > 0
     assert "captum" in format_occlusion(res)
+
+
+def test_cli_widths_fc_classes(capsys, restore_threads):
+    """--widths/--fc/--num-classes shape the benched model (as zfscratch train's); bad values: one line, exit 2."""
+    rc = main(["bench", "--model", "zfnet_small", "--batch", "1", "--size", "32", "--repeats", "1",
+               "--widths", "8,16,16,16,8", "--fc", "32", "--num-classes", "3"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "widths [8, 16, 16, 16, 8], fc 32, num_classes 3" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("fc8"))
+    assert line.split()[2] == "3"
+    assert main(["bench", "--widths", "8,16"]) == 2
+    assert "--widths 8,16" in capsys.readouterr().err

@@ -493,7 +493,7 @@ def _cpu_model():
 
 
 def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, threads=None, compare=None,
-              num_classes=None, seed=0, sgemm_sizes=SGEMM_SIZES, progress=lambda s: None):
+              num_classes=None, seed=0, sgemm_sizes=SGEMM_SIZES, progress=lambda s: None, widths=None, fc=None):
     """Run the whole benchmark and return every figure as a JSON-serializable dict.
 
     Parameters
@@ -504,6 +504,8 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     repeats : int, timed runs per measurement (after one untimed warm-up run); medians are reported
     threads : int or None, threads for Numba and the BLAS (and PyTorch); None leaves the defaults
     compare : None or ``"torch"``
+    num_classes, widths, fc : None (the preset's) or the model's class count, its 5 conv widths (list of
+        ints) and the width of fc6/fc7, as ``zfscratch train --num-classes/--widths/--fc``
     sgemm_sizes : sizes of the square products that measure the sgemm yardstick
     progress : callable(str), told about each stage
 
@@ -525,13 +527,19 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
 
     be = get_backend(backend)
     res = {"config": dict(model=model, batch=int(batch), size=int(size), backend=be.name, repeats=int(repeats),
-                          dtype="float32", compare=compare, seed=int(seed))}
+                          dtype="float32", compare=compare, seed=int(seed), num_classes=num_classes,
+                          widths=None if widths is None else [int(v) for v in widths],
+                          fc=None if fc is None else int(fc))}
     if threads is not None:
         res["threads_set"] = set_threads(threads)
 
     cfg = {"arch": model, "input_size": int(size)}
     if num_classes is not None:
         cfg["num_classes"] = int(num_classes)
+    if widths is not None:
+        cfg["widths"] = [int(v) for v in widths]
+    if fc is not None:
+        cfg["fc"] = int(fc)
     net = build_model(cfg, backend=be, seed=seed)
     c = net.config.get("in_channels", 3)
     k = net.config["num_classes"]
@@ -632,9 +640,10 @@ def format_report(res):
     """Human-readable table of :func:`run_bench` results."""
     cfg, th = res["config"], res.get("threads", {})
     cmp_ = "torch" in res
+    shape = "".join(f", {key} {cfg[key]}" for key in ("widths", "fc", "num_classes") if cfg.get(key) is not None)
     lines = [
-        f"zfscratch bench: {cfg['model']} {cfg['size']}x{cfg['size']}, batch {cfg['batch']}, backend {cfg['backend']}, "
-        f"float32, median of {cfg['repeats']} after 1 warm-up",
+        f"zfscratch bench: {cfg['model']} {cfg['size']}x{cfg['size']}{shape}, batch {cfg['batch']}, "
+        f"backend {cfg['backend']}, float32, median of {cfg['repeats']} after 1 warm-up",
         f"threads: numba {th.get('numba')} ({th.get('numba_layer') or '?'}), BLAS {th.get('blas')}"
         + (f", torch {th.get('torch')}" if cmp_ else "") + f"; {th.get('cpus')} CPUs",
         f"sgemm {res['sgemm_gflops']:.0f} GFLOP/s (best square float32 product); JIT compile / cache load "

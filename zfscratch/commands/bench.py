@@ -32,6 +32,10 @@ def register(sub):
                         "time saving measured, peak memory; runs interleaved, load average reported")
     p.add_argument("--patch", type=int, default=48, help="--occlusion: occluder side in pixels (default 48)")
     p.add_argument("--stride", type=int, default=8, help="--occlusion: occluder step in pixels (default 8)")
+    p.add_argument("--widths", default=None, metavar="W1,..,W5",
+                   help="the 5 conv widths, as zfscratch train --widths (default: the model's)")
+    p.add_argument("--fc", type=int, default=None, help="width of fc6/fc7 (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the last layer (default: the model's)")
     p.add_argument("--json", metavar="FILE", default=None, help="write every figure to FILE (JSON)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
     p.set_defaults(func=cmd_bench)
@@ -51,8 +55,16 @@ def cmd_bench(args):
     from zfscratch.io import atomic_write_text
     from zfscratch.models import PRESETS
 
-    for name in ("batch", "size", "repeats", "threads", "patch", "stride"):
-        _positive(name, getattr(args, name))
+    for name in ("batch", "size", "repeats", "threads", "patch", "stride", "fc", "num_classes"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    widths = None
+    if args.widths is not None:
+        try:
+            widths = [int(v) for v in args.widths.split(",")]
+        except ValueError:
+            widths = []
+        if len(widths) != 5 or min(widths) < 1:
+            raise UserError(f"--widths {args.widths}: expected 5 positive integers separated by commas")
     size = args.size or (224 if args.model == "zfnet" else PRESETS[args.model]["input_size"])
     if args.occlusion:
         return _cmd_occlusion(args, size)
@@ -81,7 +93,7 @@ def cmd_bench(args):
     try:
         res = bench.run_bench(model=args.model, batch=args.batch, size=size, backend=args.backend,
                               repeats=args.repeats, threads=args.threads, compare=args.compare, seed=args.seed,
-                              progress=progress)
+                              progress=progress, widths=widths, fc=args.fc, num_classes=args.num_classes)
     except ImportError as e:
         raise UserError(str(e)) from None
     except ValueError as e:
