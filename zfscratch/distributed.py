@@ -421,6 +421,27 @@ class GradientReducer:
         return None
 
 
+def local_rank():
+    """This process's rank among the ranks on its machine (MPICH: ``MPI_LOCALRANKID``; Open MPI:
+    ``OMPI_COMM_WORLD_LOCAL_RANK``), 0 when unknown."""
+    for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"):
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return 0
+
+
+def select_gpu(world):
+    """One GPU per rank on a node: device ``local_rank % devices`` becomes CuPy's current device
+    (call before building the network). Untested on hardware here (no GPU)."""
+    if not world.distributed:
+        return None
+    import cupy
+    dev = local_rank() % max(1, cupy.cuda.runtime.getDeviceCount())
+    cupy.cuda.Device(dev).use()
+    return dev
+
+
 def _nccl_comm(world):
     """An NCCL communicator for the world's GPUs; rank 0's NCCL id travels over MPI.
 

@@ -565,6 +565,9 @@ class Trainer:
         self.data_spec = data if isinstance(data, str) else None
         from zfscratch.cli import resolve_backend
         self.be = resolve_backend(backend)
+        if self.be.name == "cupy" and self.world.distributed:
+            from zfscratch.distributed import select_gpu
+            select_gpu(self.world)  # one GPU per rank, before any array is made
 
         # data (loader errors surface here, before anything is written)
         self.train_ds, self.val_ds = resolve_data(data, cfg["val_data"], cfg["val_split"], cfg["seed"])
