@@ -151,3 +151,22 @@ def test_conv_row_blocks(monkeypatch, k, s, p, block_cols, threads, dtype):
         _check_conv(x, wt, b, s, p, dtype)
     finally:
         numba.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- small vs large element-wise
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [7, 4096, (1 << 16) + 3])  # serial below 1 << 16, parallel above
+def test_relu_and_sgd_serial_and_parallel_paths(size, dtype):
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal(size).astype(dtype)
+    x[::5] = 0
+    x[1::9] = np.nan
+    dy = rng.standard_normal(size).astype(dtype)
+    np.testing.assert_array_equal(cpu.relu_forward(x), ref.relu_forward(x))
+    np.testing.assert_array_equal(cpu.relu_backward(dy, x), ref.relu_backward(dy, x))
+    p, g, v = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+    p2, g2, v2 = p.copy(), g.copy(), v.copy()
+    ref.sgd_update(p, g, v, 0.1, 0.9, 5e-4)
+    cpu.sgd_update(p2, g2, v2, 0.1, 0.9, 5e-4)
+    assert_close(p2, p.astype(np.float64), dtype)
+    assert_close(v2, v.astype(np.float64), dtype)
