@@ -109,6 +109,8 @@ def test_info_predict_maps_project(client, engine):
     pj = _json(client.get(f"/api/project?img=d3&layer=2&map={best}"))
     assert pj["value"] == pytest.approx(m["max"][0], rel=1e-6)
     assert _is_png(client.get(f"/api/project.png?img=d3&layer=2&map={best}&mode=map")) == (32, 32)
+    w, h = _is_png(client.get(f"/api/project.png?img=d3&layer=1&map=0&crop=1"))
+    assert h >= 120 and w == 2 * h + 6  # projection | patch, the 7-px receptive field enlarged
 
 
 def test_projection_matches_deconv_project(engine):
@@ -369,6 +371,7 @@ def test_browser_end_to_end(weights, tmp_path):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#maps .tile")) > 0)
         # pick layer 2, then a map
         drv.find_element(By.CSS_SELECTOR, "#layers button[data-layer='2']").click()
+        wait.until(lambda d: d.find_element(By.ID, "map-title").text.startswith("Layer 2 ("))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#maps .tile")) == 64)
         tiles = drv.find_elements(By.CSS_SELECTOR, "#maps .tile")
         tiles[3].click()
@@ -386,7 +389,7 @@ def test_browser_end_to_end(weights, tmp_path):
             seen.add(drv.find_element(By.ID, "occ-out").get_attribute("data-p"))
         assert len(seen) > 1, seen
         # every image on the page loaded (naturalWidth > 0)
-        for el in ("img", "proj", "filters", "topk", "warp"):
+        for el in ("img", "proj", "proj-crop", "filters", "topk", "warp"):
             assert drv.execute_script(f"return document.getElementById('{el}').naturalWidth") > 0, el
         assert drv.find_element(By.ID, "msg").get_attribute("class").count("hidden") == 1
         shot = tmp_path / "explore.png"

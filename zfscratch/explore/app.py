@@ -12,7 +12,7 @@ Routes (all ``GET`` unless noted; every ``/api`` answer is JSON or a PNG; errors
 ``/api/image.png``              ``img``: the image as the network sees it
 ``/api/predict``                ``img``, ``label``: top-5 and P(true)
 ``/api/maps`` / ``maps.png``    ``img``, ``layer``: the layer's maps, strongest first / sprite
-``/api/project`` / ``.png``     ``img``, ``layer``, ``map``, ``mode``: DeconvNet projection
+``/api/project`` / ``.png``     ``img``, ``layer``, ``map``, ``mode``, ``crop``: DeconvNet projection
 ``/api/topk`` / ``topk.png``    ``layer``, ``map``: top-9 over the data (progress until ready)
 ``/api/occlude``                ``img``, ``y``, ``x``, ``size``, ``layer``, ``map``, ``label``
 ``/api/sweep`` / ``sweep.png``  ``img``, ``size``, ``stride``, ...: the whole occlusion sweep
@@ -188,7 +188,8 @@ def create_app(engine, host="127.0.0.1", port=None):
         return png(engine.maps(img(), arg_int("layer"))[1])
 
     def _project():
-        return engine.project(img(), arg_int("layer"), arg_int("map"), request.args.get("mode", "max"))
+        return engine.project(img(), arg_int("layer"), arg_int("map"), request.args.get("mode", "max"),
+                              crop=arg_int("crop", 0, 0, 1) == 1)
 
     @app.get("/api/project")
     def project():

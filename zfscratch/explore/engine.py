@@ -366,9 +366,13 @@ class Engine:
                 "ncols": ncols, "rf": list(deconv.receptive_field(self.net, name))}
         return info, png_bytes(sprite)
 
-    def project(self, key, layer, m, mode="max"):
+    def project(self, key, layer, m, mode="max", crop=False):
         """PNG of the DeconvNet projection of map ``m`` of ``layer`` for this image (``mode``: ``max``
-        keeps the map's strongest activation, ``map`` the whole map), and its info."""
+        keeps the map's strongest activation, ``map`` the whole map), and its info.
+
+        ``crop``: instead, the projection cropped to the strongest unit's receptive field (the box
+        of :func:`zfscratch.deconv.patch_box`) beside the same patch of the image, enlarged to about
+        128 pixels (the paper's Fig 2 for this one image)."""
         name = self._layer(layer)
         m = self._map(name, m)
         if mode not in ("max", "map"):
@@ -394,6 +398,16 @@ class Engine:
         if img.shape[-1] == 1:
             img = np.repeat(img, 3, axis=-1)
         y, x = divmod(pos, w)
+        if crop:
+            y0, y1, x0, x1 = deconv.patch_box(net, name, y, x, image_size=self.size)
+            pr = viz.to_display(r[:, y0:y1, x0:x1])
+            if pr.shape[-1] == 1:
+                pr = np.repeat(pr, 3, axis=-1)
+            patch = self.pre.deprocess(cur["x"][None])[0][y0:y1, x0:x1].astype(np.float64) / 255.0
+            z = max(1, int(np.ceil(128 / max(y1 - y0, 1))))
+            a, b = viz.upscale(pr, z), viz.upscale(patch, z)
+            img = np.ones((a.shape[0], 2 * a.shape[1] + 6, 3))
+            img[:, :a.shape[1]], img[:, a.shape[1] + 6:] = a, b
         return {"value": val, "y": y, "x": x,
                 "box": list(deconv.unit_box(net, name, y, x, image_size=self.size))}, png_bytes(img)
 
@@ -499,7 +513,7 @@ class Engine:
         v = pt[np.ix_(iy, ix)]
         heat = cmap(v)  # P(true) in 0..1: blue = the class is lost
         # opaque where the probability dropped most, see-through where it did not move
-        drop = np.clip((pt.max() - v) / max(float(pt.max() - pt.min()), 1e-12), 0, 1)
+        drop = np.clip((pt.max() - v) / max(float(pt.max() - pt.min()), 0.05), 0, 1)  # flat: see-through
         heat[..., 3] = 0.2 + 0.6 * drop
         i, j = np.unravel_index(np.argmin(pt), pt.shape)
         summary = {"positions": int(res["positions"]), "seconds": float(res["seconds"]),

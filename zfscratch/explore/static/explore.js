@@ -186,7 +186,9 @@ async function refreshScores() {
 async function pickLayer(n, keepMap) {
   st.layer = n;
   for (const b of $("layers").children) b.classList.toggle("sel", +b.dataset.layer === n);
+  const seq = (st.layerSeq = (st.layerSeq || 0) + 1);
   const m = await api("/api/maps", { img: st.img, layer: n });
+  if (seq !== st.layerSeq) return;  // a newer pick (or image) came while this one was computed
   st.maps = m;
   const sprite = url("/api/maps.png", { img: st.img, layer: n });
   const box = $("maps");
@@ -223,7 +225,10 @@ async function pickMap(mi) {
 async function showProjection() {
   if (st.map == null) return;
   const params = { img: st.img, layer: st.layer, map: st.map, mode: $("proj-mode").value };
-  const [info] = await Promise.all([api("/api/project", params), setImg($("proj"), url("/api/project.png", params))]);
+  const seq = (st.projSeq = (st.projSeq || 0) + 1);
+  const [info] = await Promise.all([api("/api/project", params), setImg($("proj"), url("/api/project.png", params)),
+    setImg($("proj-crop"), url("/api/project.png", { ...params, crop: 1 }))]);
+  if (seq !== st.projSeq) return;
   const b = info.box, k = 316 / st.info.size, box = $("rfbox");
   box.style.top = b[0] * k + "px"; box.style.left = b[2] * k + "px";
   box.style.height = (b[1] - b[0]) * k + "px"; box.style.width = (b[3] - b[2]) * k + "px";
