@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
 import numpy as np
 
@@ -34,43 +33,145 @@ def atomic_savez(path, arrays, meta=None):
     atomic_write_npz(path, payload)
 
 
-def load_npz(path, what="npz file"):
-    """Load an ``.npz`` written by :func:`atomic_savez`.
+#: most bytes an ``.npz`` may unpack to (all entries together); a full ZFNet checkpoint is ~0.8 GB
+MAX_NPZ_BYTES = 4 << 30
+#: entries larger than this must not be compressed more than :data:`MAX_RATIO` times (zip bombs)
+_RATIO_FLOOR = 1 << 20
+MAX_RATIO = 100
+MAX_ENTRIES = 4096
+MAX_META_BYTES = 16 << 20
+MAX_META_DEPTH = 32
+
+
+def _json_depth(obj, limit):
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return d
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return 0
+
+
+def parse_meta_json(raw, where):
+    """JSON metadata bytes -> dict, UserError (naming ``where``) when invalid, too large or too deeply nested."""
+    if len(raw) > MAX_META_BYTES:
+        raise UserError(f"{where}: metadata is {len(raw)} bytes, more than the {MAX_META_BYTES} allowed")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise UserError(f"{where}: metadata JSON is nested more than {MAX_META_DEPTH} levels deep") from None
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{where}: metadata entry {META_KEY} is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: metadata entry {META_KEY} is a JSON {type(meta).__name__}, expected an object")
+    if _json_depth(meta, MAX_META_DEPTH):
+        raise UserError(f"{where}: metadata JSON is nested more than {MAX_META_DEPTH} levels deep")
+    return meta
+
+
+def read_npz(path, what="npz file", max_bytes=None):
+    """Read every array of an ``.npz`` with sizes checked before anything is decompressed or allocated.
+
+    The zip directory's declared sizes are checked first (at most :data:`MAX_ENTRIES` entries, in all at
+    most ``max_bytes`` = :data:`MAX_NPZ_BYTES` unpacked, no entry over 1 MiB compressed more than
+    :data:`MAX_RATIO` times), then each ``.npy`` header: no object dtype (never unpickled), and the shape
+    times the item size must fit the entry's declared size. ``zipfile`` stops every entry at its declared
+    size, so a lying directory cannot unpack more.
 
     Returns
     -------
-    arrays : dict name -> numpy array
-    meta : dict
+    dict name -> numpy array (``.npy`` suffix removed)
 
     Raises
     ------
     UserError
-        missing file, not an npz, object arrays, unreadable metadata — one line naming the file.
+        one line naming the file and what was wrong.
+    """
+    import zipfile
+
+    path = os.fspath(path)
+    max_bytes = MAX_NPZ_BYTES if max_bytes is None else int(max_bytes)
+    if not os.path.exists(path):
+        raise UserError(f"{what} {path} does not exist")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path} is not a regular file")
+    bad = lambda msg: UserError(f"{what} {path} is not a valid .npz file: {msg}")  # noqa: E731
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # np.load would otherwise try to unpickle unknown files
+                raise UserError(f"{what} {path} is not a valid .npz file (no zip signature)")
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_ENTRIES:
+                raise bad(f"{len(infos)} entries, more than {MAX_ENTRIES}")
+            total = sum(i.file_size for i in infos)
+            if total > max_bytes:
+                raise UserError(f"{what} {path} declares {total} bytes of arrays, more than the {max_bytes} "
+                                f"allowed (refused before reading)")
+            for i in infos:
+                if i.file_size > _RATIO_FLOOR and i.file_size > MAX_RATIO * max(i.compress_size, 1):
+                    raise UserError(f"{what} {path}: entry {i.filename} unpacks {i.file_size} bytes from "
+                                    f"{i.compress_size} (ratio over {MAX_RATIO}: refused as a zip bomb)")
+            arrays = {}
+            for i in infos:
+                name = i.filename[:-4] if i.filename.endswith(".npy") else i.filename
+                with z.open(i) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version in ((2, 0), (3, 0)):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        raise bad(f"entry {i.filename}: unsupported .npy version {version}")
+                    if dtype.hasobject:
+                        raise UserError(f"{what} {path} holds object arrays, which are refused (no pickles)")
+                    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if nbytes > i.file_size:
+                        raise bad(f"entry {i.filename} declares shape {shape} ({nbytes} bytes) but holds "
+                                  f"{i.file_size} bytes")
+                    data = f.read(nbytes)
+                    if len(data) != nbytes:
+                        raise bad(f"entry {i.filename} is truncated")
+                    a = np.frombuffer(data, dtype=dtype)
+                    if shape:
+                        a = a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+                    else:
+                        a = a.reshape(())
+                    arrays[name] = a.copy() if not a.flags.writeable else a
+        return arrays
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{what} {path}: not enough memory to read its arrays") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
+        raise bad(str(e) or type(e).__name__) from None
+
+
+def load_npz(path, what="npz file", max_bytes=None):
+    """Load an ``.npz`` written by :func:`atomic_savez` through the size-checked :func:`read_npz`.
+
+    Returns
+    -------
+    arrays : dict name -> numpy array
+    meta : dict (the ``__meta__`` JSON: at most 16 MiB, 32 levels deep)
+
+    Raises
+    ------
+    UserError
+        missing file, not an npz, a zip bomb, object arrays, unreadable metadata — one line naming the file.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {path} does not exist")
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # np.load would otherwise try to unpickle unknown files
-            raise UserError(f"{what} {path} is not a valid .npz file (no zip signature)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {}
-            for k in z.files:
-                arrays[k] = z[k]
-    except ValueError as e:
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
-            raise UserError(f"{what} {path} holds object arrays, which are refused (no pickles)") from None
-        raise UserError(f"{what} {path} is not a valid .npz file: {e}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{what} {path} is not a valid .npz file: {e}") from None
+    arrays = read_npz(path, what, max_bytes=max_bytes)
     meta = {}
     if META_KEY in arrays:
         raw = arrays.pop(META_KEY)
-        try:
-            meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise UserError(f"{what} {path}: metadata entry {META_KEY} is not valid JSON") from None
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise UserError(f"{what} {path}: metadata entry {META_KEY} is not a uint8 byte array")
+        meta = parse_meta_json(raw.tobytes(), f"{what} {path}")
     return arrays, meta
 
 
@@ -123,10 +224,29 @@ def load_weights(path, backend=None, dtype=np.float32):
         raise UserError(f"weights file {path}: cannot build its architecture: {e}") from None
     meta["extra"] = {k[len(EXTRA_PREFIX):]: arrays.pop(k) for k in list(arrays) if k.startswith(EXTRA_PREFIX)}
     check_arrays(arrays, dict(net.params()), path)
+    check_weights_meta(meta, path)
     net.load_state_dict(arrays)
     if backend is not None:
         net.to(backend)
     return net, meta
+
+
+def check_weights_meta(meta, path):
+    """Validate the non-architecture metadata of a weights file: class names, preprocessing, mean image."""
+    from zfscratch.preprocess import Preprocess
+
+    classes = meta.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not all(isinstance(c, str) and 0 < len(c) <= 200 for c in classes):
+            raise UserError(f"weights file {path}: classes must be a list of names (strings of 1 to 200 characters)")
+        n = (meta.get("config") or {}).get("num_classes")
+        if isinstance(n, int) and len(classes) not in (0, n):
+            raise UserError(f"weights file {path}: {len(classes)} class names for a model with {n} outputs")
+    mean = meta.get("extra", {}).get("mean")
+    if mean is not None and mean.dtype.kind not in "fiu":
+        raise UserError(f"weights file {path}: extra/mean has dtype {mean.dtype}, expected numbers")
+    if meta.get("preprocessing") is not None or mean is not None:
+        Preprocess.from_meta(meta, source=f"weights file {path}")
 
 
 def check_arrays(arrays, expected, path):

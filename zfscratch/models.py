@@ -69,6 +69,49 @@ def default_config(arch, **overrides):
     return cfg
 
 
+#: largest input side a config may ask for (ZFNet uses 224; activations grow with its square)
+MAX_INPUT_SIZE = 2048
+MAX_CLASSES = 100000
+
+
+def _check_input_size(v, required=True):
+    if v is None and not required:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_INPUT_SIZE:
+        raise ValueError(f"input_size = {v!r}: expected an integer in [1, {MAX_INPUT_SIZE}]")
+
+
+def check_config(cfg):
+    """Check a ZFNet-family config's numbers (ValueError naming the key and the bound) before building."""
+    from zfscratch.net import MAX_CHANNELS, MAX_FEATURES, MAX_KERNEL, _bounded_int, _finite
+
+    _check_input_size(cfg.get("input_size"))
+    _bounded_int(cfg.get("in_channels"), 1, 64, "in_channels")
+    _bounded_int(cfg.get("num_classes"), 1, MAX_CLASSES, "num_classes")
+    widths = cfg.get("widths")
+    if not isinstance(widths, (list, tuple)) or len(widths) != 5:
+        raise ValueError(f"widths = {widths!r}: expected five integers")
+    for i, w in enumerate(widths):
+        _bounded_int(w, 1, MAX_CHANNELS, f"widths[{i}] (conv{i + 1})")
+    _bounded_int(cfg.get("fc"), 1, MAX_FEATURES, "fc")
+    for key in ("conv1", "conv2"):
+        v = cfg.get(key)
+        if not isinstance(v, (list, tuple)) or len(v) != 3:
+            raise ValueError(f"{key} = {v!r}: expected [k, stride, pad]")
+        _bounded_int(v[0], 1, MAX_KERNEL, f"{key} k")
+        _bounded_int(v[1], 1, MAX_KERNEL, f"{key} stride")
+        _bounded_int(v[2], 0, MAX_KERNEL, f"{key} pad")
+    v = cfg.get("pool")
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ValueError(f"pool = {v!r}: expected [k, stride]")
+    _bounded_int(v[0], 1, MAX_KERNEL, "pool k")
+    _bounded_int(v[1], 1, MAX_KERNEL, "pool stride")
+    _finite(cfg.get("dropout", 0.5), "dropout", 0.0, 0.999)
+    for key in ("lrn", "lcn"):
+        if not isinstance(cfg.get(key), dict):
+            raise ValueError(f"{key} = {cfg.get(key)!r}: expected an object")
+
+
 def _init(kind, fan_in, scheme, last=False):
     if scheme == "paper" or last:
         return {"init_std": 0.01}
@@ -151,12 +194,16 @@ def build_model(config, backend=None, seed=None, dtype=np.float32, init=True):
     -------
     Sequential, whose ``.config`` is the full config.
     """
+    if not isinstance(config, dict):
+        raise ValueError(f"model config: expected an object, got {type(config).__name__}")
     arch = config.get("arch")
     if arch == "custom":
         cfg = copy.deepcopy(config)
-        specs = cfg["layers"]
+        specs = cfg.get("layers")
+        _check_input_size(cfg.get("input_size"), required=False)
     else:
         cfg = default_config(arch, **{k: v for k, v in config.items() if k != "arch"})
+        check_config(cfg)
         specs = specs_from_config(cfg)
     if seed is None:
         seed = cfg.get("seed", 0)

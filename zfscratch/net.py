@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 
+import math
+
 import numpy as np
 
 from zfscratch.backend import get_backend
@@ -186,11 +188,99 @@ class Sequential:
                 l.rng.bit_generator.state = state[l.name]
 
 
+#: bounds a layer spec may ask for (a weights or ONNX file is outside input: it must not be able to ask
+#: for a network that exhausts memory before any check). ZFNet itself needs 62M parameters.
+MAX_LAYERS = 256
+MAX_CHANNELS = 65536
+MAX_KERNEL = 256
+MAX_FEATURES = 1 << 24
+MAX_PARAMS = 1 << 28  # 268M parameters = 1 GiB float32
+
+
+def _bounded_int(v, lo, hi, what):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+        raise ValueError(f"{what} = {v!r}: expected an integer in [{lo}, {hi}]")
+    return int(v)
+
+
+def _finite(v, what, lo=-math.inf, hi=math.inf):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
+            or not lo <= float(v) <= hi:
+        raise ValueError(f"{what} = {v!r}: expected a finite number in [{lo}, {hi}]")
+
+
+def validate_specs(specs):
+    """Check layer specs from outside (a weights file, an ONNX model) before anything is allocated.
+
+    Kinds must be known, names safe file-name components (:func:`zfscratch.util.files.is_safe_name`)
+    and unique, sizes positive integers within :data:`MAX_CHANNELS`, :data:`MAX_KERNEL`,
+    :data:`MAX_FEATURES`, the whole network within :data:`MAX_PARAMS` parameters, other numbers finite.
+
+    Raises
+    ------
+    ValueError
+        naming the layer and the bound.
+    """
+    from zfscratch.layers import LAYER_KINDS
+    from zfscratch.util.files import MAX_NAME, is_safe_name
+
+    if not isinstance(specs, list) or not 0 < len(specs) <= MAX_LAYERS:
+        raise ValueError(f"layers: expected a list of 1 to {MAX_LAYERS} layer specs")
+    names, params = set(), 0
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
+            raise ValueError(f"layer #{i}: expected an object with kind, name and config")
+        kind, name, kw = spec.get("kind"), spec.get("name"), spec.get("config", {})
+        if not isinstance(kind, str) or kind not in LAYER_KINDS:
+            raise ValueError(f"layer #{i}: unknown layer kind {str(kind)[:40]!r}; expected one of "
+                             f"{', '.join(LAYER_KINDS)}")
+        if not is_safe_name(name):
+            raise ValueError(f"layer #{i}: name {str(name)[:40]!r} is not a safe name (letters, digits, "
+                             f"'_', '.', '+', '-', at most {MAX_NAME} characters)")
+        if name in names:
+            raise ValueError(f"layer #{i}: duplicate name {name!r}")
+        names.add(name)
+        w = f"layer {name} ({kind})"
+        if kind == "Conv2d":
+            cin = _bounded_int(kw.get("in_ch"), 1, MAX_CHANNELS, f"{w} in_ch")
+            cout = _bounded_int(kw.get("out_ch"), 1, MAX_CHANNELS, f"{w} out_ch")
+            k = _bounded_int(kw.get("k"), 1, MAX_KERNEL, f"{w} k")
+            _bounded_int(kw.get("stride", 1), 1, MAX_KERNEL, f"{w} stride")
+            _bounded_int(kw.get("pad", 0), 0, MAX_KERNEL, f"{w} pad")
+            g = _bounded_int(kw.get("groups", 1), 1, MAX_CHANNELS, f"{w} groups")
+            if cin % g or cout % g:
+                raise ValueError(f"{w}: groups {g} must divide in_ch {cin} and out_ch {cout}")
+            params += cout * (cin // g) * k * k + cout
+        elif kind == "Linear":
+            fi = _bounded_int(kw.get("in_f"), 1, MAX_FEATURES, f"{w} in_f")
+            fo = _bounded_int(kw.get("out_f"), 1, MAX_FEATURES, f"{w} out_f")
+            params += fi * fo + fo
+        elif kind == "MaxPool2d":
+            k = _bounded_int(kw.get("k"), 1, MAX_KERNEL, f"{w} k")
+            if kw.get("stride") is not None:
+                _bounded_int(kw["stride"], 1, MAX_KERNEL, f"{w} stride")
+            _bounded_int(kw.get("pad", 0), 0, k, f"{w} pad")
+        elif kind in ("LocalResponseNorm", "LocalContrastNorm"):
+            _bounded_int(kw.get("size", 5), 1, MAX_KERNEL, f"{w} size")
+            for key in ("alpha", "beta", "k", "sigma", "floor"):
+                if key in kw:
+                    _finite(kw[key], f"{w} {key}", lo=0.0 if key != "beta" else -1e6)
+            if "sigma" in kw and not kw["sigma"] > 0:
+                raise ValueError(f"{w} sigma = {kw['sigma']!r}: expected > 0")
+        elif kind == "Dropout":
+            _finite(kw.get("p", 0.5), f"{w} p", 0.0, 0.999)
+        if params > MAX_PARAMS:
+            raise ValueError(f"the network asks for more than {MAX_PARAMS} parameters (at layer {name}); "
+                             f"refused")
+
+
 def build_from_specs(specs, backend=None, config=None, seed=0, dtype=np.float32, init=True):
     """Build a :class:`Sequential` from ``[{"kind", "name", "config"}, ...]`` (see ``layer_specs``).
 
     ``init=False`` leaves weights at zero (no random draws): for networks about to load saved weights.
+    The specs are checked first (:func:`validate_specs`; ValueError naming the layer).
     """
+    validate_specs(specs)
     rng = np.random.default_rng(seed)
     drop_rng = np.random.default_rng([seed, 1])  # dropout seeds do not depend on the weight draws
     layers = []

@@ -35,6 +35,23 @@ MEAN_MODES = ("pixel", "channel", "none")
 
 # -- geometry: the data package's transforms (uint8 in, uint8 out) -------------------------------
 
+#: bounds on what a command line or a weights file may ask for (the paper uses 224 / 256)
+MAX_INPUT_SIZE = 2048
+MAX_RESIZE = 4096
+MAX_PAD = 256
+
+
+def _bounded(v, lo, hi, what):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise UserError(f"{what} {v!r}: expected an integer in [{lo}, {hi}]")
+    if not lo <= v <= hi:
+        raise UserError(f"{what} {v}: expected an integer in [{lo}, {hi}]")
+    return int(v)
+
+
 def prepare_images(images, size):
     """Bring uint8 images to (B, size, size, C): shorter side resized to ``size``, centre crop.
 
@@ -61,15 +78,32 @@ class Preprocess:
     mean_mode : "pixel", "channel" or "none": which mean :meth:`fit_mean` computes.
     """
 
-    def __init__(self, input_size, resize=None, mean=None, scale=1.0 / 64, pad=0, mean_mode="pixel"):
-        self.input_size = int(input_size)
-        self.resize = int(resize or input_size)
+    def __init__(self, input_size, resize=None, mean=None, scale=1.0 / 64, pad=0, mean_mode="pixel", source=None):
+        # ``source`` names where the values come from (a weights file) in error messages; default the options
+        opt = (lambda key, flag: f"{source}: preprocessing.{key}") if source else (lambda key, flag: flag)
+        self.input_size = _bounded(input_size, 1, MAX_INPUT_SIZE, opt("input_size", "--input-size"))
+        self.resize = _bounded(resize or input_size, 1, MAX_RESIZE, opt("resize", "--resize"))
         if self.resize < self.input_size:
-            raise UserError(f"resize {self.resize} is smaller than the input size {self.input_size}")
+            raise UserError(f"{opt('resize', '--resize')} {self.resize} is smaller than the input size "
+                            f"{self.input_size}")
         if mean_mode not in MEAN_MODES:
-            raise UserError(f"mean mode {mean_mode!r}: expected one of {', '.join(MEAN_MODES)}")
-        self.scale, self.pad, self.mean_mode = float(scale), int(pad), mean_mode
+            raise UserError(f"{opt('mean_mode', '--mean')} {mean_mode!r}: expected one of {', '.join(MEAN_MODES)}")
+        self.pad = _bounded(pad, 0, MAX_PAD, opt("pad", "--pad"))
+        try:
+            self.scale = float(scale)
+        except (TypeError, ValueError):
+            self.scale = float("nan")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise UserError(f"{opt('scale', '--scale')} {scale!r}: expected a finite number > 0")
+        self.mean_mode = mean_mode
         self.mean = None if mean is None else np.asarray(mean, np.float32)
+        if self.mean is not None:
+            if self.mean.ndim not in (1, 3) or self.mean.shape[-1] not in (1, 3) or \
+                    (self.mean.ndim == 3 and self.mean.shape[:2] != (self.resize, self.resize)):
+                raise UserError(f"{source or 'mean'}: mean image has shape {self.mean.shape}, expected "
+                                f"({self.resize}, {self.resize}, C) or (C,)")
+            if not np.all(np.isfinite(self.mean)):
+                raise UserError(f"{source or 'mean'}: mean image holds NaN or infinite values")
 
     # -- metadata ---------------------------------------------------------------------------
     def to_meta(self):
@@ -80,19 +114,22 @@ class Preprocess:
                 "layout": "NCHW float32 = (centre_crop(resize(img)) - mean) * scale; img uint8 RGB 0..255"}
 
     @classmethod
-    def from_meta(cls, meta):
+    def from_meta(cls, meta, source="weights metadata"):
         """Rebuild from a weights file's metadata (``io.load_weights`` second return value).
 
         Falls back to the model's input size, no mean and scale 1/64 when the file has no
         ``preprocessing`` record (e.g. weights imported from elsewhere).
         """
-        p = dict(meta.get("preprocessing") or {})
+        p = meta.get("preprocessing") or {}
+        if not isinstance(p, dict):
+            raise UserError(f"{source}: preprocessing is a {type(p).__name__}, expected an object")
         mean = (meta.get("extra") or {}).get("mean")
         size = p.get("input_size") or (meta.get("config") or {}).get("input_size")
         if not size:
-            raise UserError("weights metadata has neither preprocessing.input_size nor config.input_size")
+            raise UserError(f"{source} has neither preprocessing.input_size nor config.input_size")
         return cls(size, resize=p.get("resize"), mean=mean, scale=p.get("scale", 1.0 / 64),
-                   pad=p.get("pad", 0), mean_mode=p.get("mean_mode", "pixel" if mean is not None else "none"))
+                   pad=p.get("pad", 0), mean_mode=p.get("mean_mode", "pixel" if mean is not None else "none"),
+                   source=source)
 
     # -- mean -------------------------------------------------------------------------------
     def fit_mean(self, batches):
