@@ -400,3 +400,14 @@ def test_browser_end_to_end(weights, tmp_path):
             drv.quit()
         p.terminate()
         p.wait(10)
+
+
+def test_topk_subset_spread_over_the_data(weights, tmp_path):
+    from zfscratch.explore.engine import Engine
+    net, meta = load_weights(weights)
+    e = Engine(net, meta, open_dataset(DATA, "val"), weights_path=weights, data_desc=DATA,
+               cache_root=str(tmp_path), images=5)
+    e.start().join(120)
+    assert e.topk_status["state"] == "ready" and e.topk.count == 5
+    seen = {int(i) for i in e.topk.index[e.layer_names[0]].ravel() if i >= 0}
+    assert seen == {0, 5, 10, 14, 19}  # linspace(0, 19, 5), not the first five

@@ -29,7 +29,7 @@ def register(sub):
                    help="folder for the top-9 record and its projections (default "
                         "~/.cache/zfscratch/explore/<hash of weights + data>)")
     p.add_argument("--images", type=int, default=None,
-                   help="scan only the first N images for the top-9 (default all of the split)")
+                   help="scan only N images for the top-9, spread evenly over the split (default all)")
     p.add_argument("--verbose", action="store_true", help="log every request on stderr")
     add_backend_arg(p)
     p.set_defaults(func=cmd_explore)

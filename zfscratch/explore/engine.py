@@ -120,7 +120,7 @@ class Engine:
     data_desc : a string naming the dataset (its spec), part of the cache key
     cache_root : folder holding one ``<hash>`` subfolder per weights + data (default
         :func:`default_cache_root`); ``cache_dir`` overrides the subfolder itself
-    images : scan only the first ``images`` dataset images for the top-9 (default all)
+    images : scan only ``images`` dataset images for the top-9, spread evenly (default all)
     k : activations kept per map (9: the paper's top-9)
 
     Raises
@@ -581,7 +581,7 @@ class Engine:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
         h.update(json.dumps({"data": self.data_desc, "n": self.scan_n, "len": len(self.ds), "k": self.k,
-                             "layers": self.layer_names, "v": 1}, sort_keys=True).encode())
+                             "layers": self.layer_names, "v": 2}, sort_keys=True).encode())
         return h.hexdigest()[:24]
 
     def start(self):
@@ -620,13 +620,15 @@ class Engine:
         state = tk.TopK.empty(self.k, channels)
         # small batches: the search lets go of the lock between batches (the page stays live)
         batch = int(np.clip(8 * (224 / self.size) ** 2, 4, 128))
-        for s in range(0, self.scan_n, batch):
-            idx = np.arange(s, min(self.scan_n, s + batch))
+        # a subset is spread evenly over the data (folders list their images class by class)
+        order = np.unique(np.linspace(0, len(self.ds) - 1, self.scan_n).round().astype(np.int64))
+        for s in range(0, order.size, batch):
+            idx = order[s:s + batch]
             with self.data_lock:
                 x, _ = source.load(idx)
             with self.lock:
                 tk.search_batch(self.net, x, self.layer_names, state, idx)
-            st.update(done=int(idx[-1]) + 1, seconds=time.perf_counter() - t0)
+            st.update(done=min(s + batch, order.size), seconds=time.perf_counter() - t0)
         state.save(path)
         self.topk = state
         st.update(state="ready", seconds=time.perf_counter() - t0, message=f"cached in {self.cache_dir}")
