@@ -392,6 +392,11 @@ def test_browser_end_to_end(weights, tmp_path):
         for el in ("img", "proj", "proj-crop", "filters", "topk", "warp"):
             assert drv.execute_script(f"return document.getElementById('{el}').naturalWidth") > 0, el
         assert drv.find_element(By.ID, "msg").get_attribute("class").count("hidden") == 1
+        # a non-image upload: a clear message on the page, and the page keeps working
+        drv.execute_script("upload(new File([new Uint8Array(64)], 'notes.png', {type: 'image/png'}))")
+        wait.until(lambda d: "not an image" in d.find_element(By.ID, "msg").text)
+        drv.find_element(By.CSS_SELECTOR, "#layers button[data-layer='1']").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#maps .tile")) == 32)
         shot = tmp_path / "explore.png"
         drv.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
