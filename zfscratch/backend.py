@@ -129,3 +129,13 @@ def get_backend(name=None):
         except ImportError as e:
             raise BackendError(f"backend {name!r} is not available: {e}") from None
     return _CACHE[name]
+
+
+def resolve_backend(name, option="--backend"):
+    """:func:`get_backend` for a user-given name (a CLI ``--backend`` value, a ``backend=`` argument):
+    a one-line :class:`~zfscratch.errors.UserError` naming ``option`` when it cannot run here."""
+    from zfscratch.errors import UserError
+    try:
+        return get_backend(name)
+    except BackendError as e:
+        raise UserError(f"{option}: {e}") from None

@@ -1,46 +1,4 @@
-"""Training and evaluation: SGD as in the paper, checkpoints with exact resume, metrics, snapshots.
-
-Python API
-----------
-``train_model(data, out_dir, model="zfnet_small", epochs=..., batch=..., lr=..., ...) -> dict`` trains
-and writes a *run directory*::
-
-    RUN_DIR/weights.npz            final weights, self-describing (meta: config, classes, preprocessing,
-                                   train summary; extra/mean: the mean image): all other commands need
-                                   only this file
-    RUN_DIR/checkpoint.npz         everything needed to resume exactly (written atomically after every
-                                   epoch and every ``checkpoint_every`` steps)
-    RUN_DIR/snapshots/epoch_0001.npz ...  weights at the chosen epochs and the last one (meta["epoch"]),
-                                   for Fig 4
-    RUN_DIR/metrics.csv            one row per epoch (lr, train/val loss and accuracy, times)
-    RUN_DIR/metrics.json           the same rows + run summary (config, data, best/final accuracy)
-    RUN_DIR/curve.png              loss and error curves
-
-``evaluate(net, dataset, prep, ...) -> dict`` computes top-1/top-5 error, per-class accuracy and the
-confusion matrix; ``evaluate_weights(weights, data, ...)`` does the same from a weights file and
-writes ``evaluation.json`` + ``confusion.png``.
-
-Recipe (DESIGN §4, paper §3): SGD with momentum 0.9, weight decay 5e-4, dropout 0.5 on fc6/fc7,
-conv filters renormalized to RMS <= 0.1 after every step, lr divided by 10 when the validation
-accuracy stops improving (``optim.PlateauSchedule``), per-pixel mean subtraction, random crops and
-horizontal flips.
-
-Determinism and exact resume
-----------------------------
-Batches come from ``zfscratch.data.BatchIterator``: the order of each epoch is a permutation drawn
-from ``(seed, epoch)``, the augmentation of each batch draws from a generator seeded by ``(seed,
-epoch, position, rank)``, and the iterator's state is ``(epoch, position)``; the dropout generators'
-states are saved too (``net.rng_state()``). A checkpoint records (epoch, batch position, iterator
-state, weights, optimizer velocities, lr, schedule state, dropout states, running epoch sums,
-history), so a run killed at any point and resumed with ``resume=True`` produces
-bit-identical weights to an uninterrupted run on the same backend and thread count. The iterator's
-position is global (it shards each global batch over ``(rank, world_size)``), so the checkpoint does
-not depend on the number of workers (DESIGN §9).
-
-Test hooks (environment variables, for the reliability tests only):
-``ZFSCRATCH_TEST_KILL_AT_STEP=N`` sends SIGKILL to the process right after optimizer step N (after that
-step's checkpoint, if one is due); ``ZFSCRATCH_TEST_NAN_AT_STEP=N`` replaces the loss of step N with NaN.
-"""
+"""The training loop (:class:`Trainer`) and :func:`train_model`."""
 from __future__ import annotations
 
 import csv
@@ -49,475 +7,36 @@ import json
 import math
 import os
 import shutil
-import signal
-import sys
-import tempfile
 import time
 
 import numpy as np
 
 from zfscratch import io as zio
+from zfscratch.backend import resolve_backend
 from zfscratch.errors import UserError
 from zfscratch.preprocess import Preprocess
-from zfscratch.util.figures import new_figure, save_png
-from zfscratch.util.jsonio import jsonable as _jsonable  # NaN/inf -> null: valid JSON
-from zfscratch.util.numerics import softmax as _softmax
-from zfscratch.util.progress import tqdm_bar as _tqdm
 from zfscratch.samplerng import SampleRNG
+from zfscratch.train.data import Cached, _describe, _labels_of, resolve_data
+from zfscratch.train.evaluation import evaluate
+from zfscratch.train.faults import FaultInjection
+from zfscratch.train.options import (DEFAULTS, METRIC_FIELDS, RESUME_MAY_CHANGE, TrainingDiverged, _check_options,
+                                     _parse_augment, _parse_snapshots)
+from zfscratch.train.plots import plot_curve
+from zfscratch.train.rundir import CHECKPOINT_FORMAT, check_writable_dir, load_checkpoint, run_files, snapshot_path
+from zfscratch.util.jsonio import jsonable as _jsonable
+from zfscratch.util.progress import tqdm_bar as _tqdm
+from zfscratch.util.progress import write as _log
 
-CHECKPOINT_FORMAT = "zfscratch-checkpoint"
-DEFAULT_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)
-
-#: Defaults of :func:`train_model` (and of ``zfscratch train``).
-DEFAULTS = dict(
-    model="zfnet_small", model_config=None, input_size=None, resize=None, pad=0,
-    epochs=4, batch=32, lr=0.02, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1,
-    lr_schedule="cosine", lr_factor=0.1, lr_patience=1, min_lr=1e-5, lr_threshold=1e-3,
-    seed=0, val_split=0.1, val_data=None, snapshots=DEFAULT_SNAPSHOTS, checkpoint_every=0,
-    augment=("flip", "crop"), scale=1.0 / 64, mean="pixel", eval_batch=None, warmup=0.0,
-)
-#: options that a resumed run may change; every other option must match the checkpoint
-RESUME_MAY_CHANGE = ("epochs", "snapshots", "checkpoint_every", "eval_batch")
-AUGMENTS = ("flip", "crop")
-LR_SCHEDULES = ("plateau", "cosine")
-
-METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5_acc",
-                 "epoch_time_s", "elapsed_s", "cpu_s", "images_per_s", "lr_annealed")
-
-KILL_ENV = "ZFSCRATCH_TEST_KILL_AT_STEP"
-NAN_ENV = "ZFSCRATCH_TEST_NAN_AT_STEP"
-
-
-class TrainingDiverged(UserError):
-    """The loss (or the weights) became NaN or infinite; the last good checkpoint is kept."""
-
-
-# =============================================================================================
-# Data access
-# =============================================================================================
-
-def _labels_of(ds):
-    lab = getattr(ds, "labels", None)
-    if lab is None:
-        raise UserError(f"dataset {_describe(ds)} has no labels")
-    return np.asarray(lab() if callable(lab) else lab)
-
-
-def _describe(ds):
-    d = getattr(ds, "describe", None)
-    if callable(d):
-        try:
-            return d()
-        except Exception:  # description is informative only
-            pass
-    return {"kind": type(ds).__name__, "n": len(ds)}
-
-
-def open_data(spec, split="train"):
-    """Open a dataset from a spec string (``synthetic[:opts]``, ``idx:PATH``, ``cifar:PATH``,
-    ``folder:PATH``) for ``split``; datasets (objects) pass through."""
-    if not isinstance(spec, (str, os.PathLike)):
-        return spec
-    from zfscratch.data import open_dataset
-    return open_dataset(os.fspath(spec), split=split)
-
-
-def _has_own_val(spec):
-    """Whether ``spec`` names data with a genuine validation split: synthetic (a separate random
-    stream) or a folder with a ``val/`` subfolder. (For CIFAR/IDX "val" means the test files, which
-    should not steer training: a held-out part of the training set is used instead.)"""
-    from zfscratch.data import parse_spec
-    kind, path, _ = parse_spec(spec)
-    if kind == "synthetic":
-        return True
-    if kind == "folder" and path:
-        from zfscratch.data.folder import folder_splits
-        try:
-            return os.path.isdir(os.path.join(os.path.expanduser(path), "val")) and \
-                "val" in folder_splits(os.path.expanduser(path))
-        except UserError:
-            return False
-    return False
-
-
-def resolve_data(data, val_data=None, val_split=0.1, seed=0):
-    """(train, val) datasets from the ``data`` argument of :func:`train_model`.
-
-    ``data``: a spec string, a dataset, or a ``(train, val)`` pair. The validation set is
-    ``val_data`` when given, else the source's own validation split when it has a genuine one
-    (synthetic, folder with ``val/``), else a deterministic, stratified ``val_split`` fraction held
-    out of the training set (``zfscratch.data.holdout_split``).
-    """
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return open_data(data[0], "train"), open_data(data[1], "val")
-    train = open_data(data, "train")
-    if val_data is not None:
-        return train, open_data(val_data, "val")
-    if isinstance(data, str) and _has_own_val(data):
-        return train, open_data(data, "val")
-    if not 0 < val_split < 1:
-        raise UserError(f"--val-split {val_split}: expected a fraction in (0, 1) (the data has no "
-                        f"validation split of its own)")
-    if len(train) < 2:
-        raise UserError(f"dataset {_describe(train)} has {len(train)} images: too few to hold out a "
-                        f"validation set")
-    from zfscratch.data import holdout_split
-    return holdout_split(train, val_split, seed)
-
-
-class Cached:
-    """A dataset's images prepared to (R, R, C) uint8 once (when they fit in ``limit_bytes``)."""
-
-    def __init__(self, ds, prep, limit_bytes=3 << 30, desc="loading", quiet=True, chunk=512):
-        self.ds, self.prep = ds, prep
-        self.n = len(ds)
-        self.labels = _labels_of(ds).astype(np.int64)
-        self.images = None
-        first, _ = ds.get_batch(np.arange(min(1, self.n)))
-        if first.ndim != 4:
-            raise UserError(f"dataset {_describe(ds)} yields images of shape {first.shape[1:]}, expected (H, W, C)")
-        self.channels = int(first.shape[-1])
-        r = prep.resize
-        if self.n * r * r * self.channels <= limit_bytes:
-            self.images = np.empty((self.n, r, r, self.channels), np.uint8)
-            it = range(0, self.n, chunk)
-            bar = _tqdm(total=self.n, desc=desc, unit="img", disable=quiet, leave=False)
-            for s in it:
-                idx = np.arange(s, min(self.n, s + chunk))
-                imgs, _ = ds.get_batch(idx)
-                self.images[s:s + len(idx)] = prep.prepare(imgs)
-                bar.update(len(idx))
-            bar.close()
-
-    def __len__(self):
-        return self.n
-
-    def get_batch(self, idx):
-        return self.get(idx)
-
-    def get(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
-        if self.images is not None:
-            return self.images[idx], self.labels[idx]
-        imgs, lab = self.ds.get_batch(idx)
-        return self.prep.prepare(imgs), np.asarray(lab, np.int64)
-
-    def batches(self, size, start=0, stop=None):
-        """Batches of ``size`` over the images ``[start, stop)`` (default: all)."""
-        stop = self.n if stop is None else stop
-        for s in range(start, stop, size):
-            yield self.get(np.arange(s, min(stop, s + size)))
-
-
-
-
-# =============================================================================================
-# Evaluation
-# =============================================================================================
-
-def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True, desc="evaluate", world=None):
-    """Classify every image of ``data`` and score the predictions.
-
-    Parameters
-    ----------
-    net : Sequential
-    data : dataset (``get_batch``/``labels``) or :class:`Cached`
-    prep : Preprocess
-    ten_crop : average the softmax over the paper's 10 views (4 corners + centre, mirrored)
-    world : a :class:`zfscratch.distributed.World`: each rank scores a contiguous shard and the
-        counts are summed over the ranks (every rank returns the merged result)
-
-    Returns
-    -------
-    dict: n, loss, accuracy, top1_error, top5_error (top-k with k = min(5, classes)), per_class
-    ({class: accuracy}), confusion (list of rows: true class, columns: predicted), classes.
-    """
-    cached = data if isinstance(data, Cached) else Cached(data, prep, limit_bytes=0)
-    be = net.backend
-    k = int(net.config.get("num_classes") or net.layers[-1].out_f)
-    classes = list(classes or getattr(cached.ds, "classes", None) or [str(i) for i in range(k)])
-    labels = cached.labels
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise UserError(f"dataset {_describe(cached.ds)} has labels in [{labels.min()}, {labels.max()}] but "
-                        f"the model has {k} classes")
-    conf = np.zeros((k, k), np.int64)
-    loss_sum, top5, n = 0.0, 0, 0
-    topk = min(5, k)
-    from zfscratch.distributed import World, shard_range
-    world = world or World()
-    lo, hi = shard_range(len(cached), world.rank, world.size)
-    bar = _tqdm(total=hi - lo, desc=desc, unit="img", disable=quiet, leave=False)
-    for imgs, y in cached.batches(batch, lo, hi):
-        if ten_crop:
-            views = prep.ten_crop(imgs)
-            p = 0.0
-            for v in views:
-                p = p + _softmax(be.to_host(net.forward(be.to_device(v), train=False)))
-            p = p / len(views)
-        else:
-            p = _softmax(be.to_host(net.forward(be.to_device(prep(imgs)), train=False)))
-        loss_sum += float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-30)).sum())
-        pred = p.argmax(axis=1)
-        np.add.at(conf, (y, pred), 1)
-        top = np.argsort(-p, axis=1, kind="stable")[:, :topk]
-        top5 += int((top == y[:, None]).any(axis=1).sum())
-        n += len(y)
-        bar.update(len(y))
-    bar.close()
-    if world.distributed:
-        world.allreduce_sum(conf, what="merging evaluation counts")
-        tot = world.allreduce_sum(np.array([loss_sum, top5, n], np.float64), what="merging evaluation counts")
-        loss_sum, top5, n = float(tot[0]), int(tot[1]), int(tot[2])
-    correct = int(np.trace(conf))
-    per_class = {}
-    for c in range(k):
-        tot = int(conf[c].sum())
-        per_class[classes[c] if c < len(classes) else str(c)] = (float(conf[c, c] / tot) if tot else None)
-    acc = correct / n if n else float("nan")
-    return {"n": n, "loss": loss_sum / n if n else float("nan"), "accuracy": acc,
-            "top1_error": 1.0 - acc, "top5_accuracy": top5 / n if n else float("nan"),
-            "top5_error": 1.0 - top5 / n if n else float("nan"), "topk": topk,
-            "per_class": per_class, "confusion": conf.tolist(), "classes": classes,
-            "ten_crop": bool(ten_crop)}
-
-
-
-
-def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, backend=None, out_dir=None,
-                     quiet=False, world=None):
-    """Evaluate a weights file on a dataset; writes ``evaluation[_SPLIT].json`` and
-    ``confusion[_SPLIT].png`` into ``out_dir`` (default: the weights' folder). Returns the result
-    dict (plus ``json``/``png`` paths). With an MPI ``world`` each rank scores its shard, rank 0
-    merges and writes."""
-    from zfscratch.distributed import World
-    world = world or World()
-    err = None
-    try:
-        net, meta, prep, ds, k, classes, ds_classes, out_dir = _evaluation_setup(
-            weights, data, split, backend, out_dir, world)
-    except UserError as e:
-        if not world.distributed:
-            raise
-        err = e
-    world.agree(err)
-    if world.distributed:
-        from zfscratch.distributed import array_digest
-        world.check_same("the model", array_digest(net.state_dict()))
-        world.check_same("the data", [len(ds), array_digest({"y": _labels_of(ds)})])
-    cached = Cached(ds, prep, limit_bytes=0)
-    res = evaluate(net, cached, prep, batch=batch, ten_crop=ten_crop, classes=classes or ds_classes,
-                   quiet=quiet or not world.is_root, desc=f"evaluate {split}", world=world)
-    res.update(weights=os.path.abspath(weights), data=str(data) if isinstance(data, str) else _describe(ds),
-               split=split, backend=net.backend.name, ranks=world.size)
-    tag = "" if split in (None, "") else f"_{split}"
-    jpath = os.path.join(out_dir, f"evaluation{tag}.json")
-    ppath = os.path.join(out_dir, f"confusion{tag}.png")
-    if world.is_root:
-        zio.atomic_write_text(jpath, json.dumps(_jsonable(res), indent=1) + "\n")
-        plot_confusion(res["confusion"], res["classes"], ppath,
-                       title=f"{os.path.basename(weights)} on {split}: top-1 error {res['top1_error']:.2%}")
-    res.update(json=jpath, png=ppath)
-    return res
-
-
-def _evaluation_setup(weights, data, split, backend, out_dir, world):
-    net, meta = zio.load_weights(weights, backend=backend)
-    prep = Preprocess.from_meta(meta)
-    ds = open_data(data, split)
-    k = int(net.config.get("num_classes"))
-    classes = meta.get("classes")
-    ds_classes = list(getattr(ds, "classes", None) or [])
-    if ds_classes and len(ds_classes) != k:
-        raise UserError(f"dataset {data} has {len(ds_classes)} classes but the model in {weights} was "
-                        f"trained on {k}")
-    if len(ds) == 0:
-        raise UserError(f"dataset {data} (split {split}) holds no images")
-    out_dir = out_dir or os.path.dirname(os.path.abspath(weights))
-    if world.is_root:
-        check_writable_dir(out_dir)
-    return net, meta, prep, ds, k, classes, ds_classes, out_dir
-
-
-# =============================================================================================
-# Plots
-# =============================================================================================
-
-def _figure(w, h):
-    return new_figure(w, h, dpi=100, layout="constrained")
-
-
-def _save_fig(fig, path):
-    save_png(fig, path, tight=False)
-
-
-def plot_curve(history, path, title="training"):
-    """Loss, error (1 - accuracy) and learning rate per epoch; lr annealings marked (dotted)."""
-    from matplotlib.ticker import MaxNLocator
-    fig = _figure(13, 3.8)
-    ax1, ax2, ax3 = (fig.add_subplot(1, 3, k) for k in (1, 2, 3))
-    ep = [h["epoch"] for h in history]
-    ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    ax1.set_ylabel("cross-entropy loss")
-    ax2.plot(ep, [100 * (1 - h["train_acc"]) for h in history], "o-", label="train (dropout, augmented)")
-    ax2.plot(ep, [100 * (1 - h["val_acc"]) for h in history], "s-", label="validation top-1")
-    ax2.set_ylabel("error (%)")
-    ax3.plot(ep, [h["lr"] for h in history], "o-", color="tab:green")
-    ax3.set_ylabel("learning rate (last step of the epoch)")
-    ax3.set_ylim(bottom=0)
-    annealed = [h["epoch"] for h in history if h.get("lr_annealed")]
-    for ax in (ax1, ax2, ax3):
-        for e in annealed:
-            ax.axvline(e, color="grey", lw=0.8, ls=":")
-        ax.grid(alpha=0.3)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.legend(), ax2.legend()
-    if history:
-        last = history[-1]
-        fig.suptitle(f"{title}: validation accuracy {last['val_acc']:.2%} after {last['epoch']} epochs "
-                     f"({last['elapsed_s'] / 60:.1f} min wall)" + ("; dotted: lr annealed on plateau" if annealed else ""))
-    _save_fig(fig, path)
-
-
-def plot_confusion(conf, classes, path, title="confusion matrix"):
-    """Row-normalized confusion matrix (rows: true class, columns: predicted) with counts."""
-    conf = np.asarray(conf)
-    k = conf.shape[0]
-    fig = _figure(max(5, 0.55 * k + 2), max(4, 0.5 * k + 1.5))
-    ax = fig.add_subplot(1, 1, 1)
-    rows = conf.sum(axis=1, keepdims=True)
-    frac = np.divide(conf, np.maximum(rows, 1))
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    ax.set_xticks(range(k)), ax.set_yticks(range(k))
-    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticklabels(classes, fontsize=8)
-    ax.set_xlabel("predicted"), ax.set_ylabel("true")
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if conf[i, j]:
-                    ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if frac[i, j] > 0.5 else "black")
-    ax.set_title(title, fontsize=9)
-    _save_fig(fig, path)
-
-
-# =============================================================================================
-# Run directory, checkpoints
-# =============================================================================================
-
-def check_writable_dir(path):
-    """Create ``path`` if needed and check that files can be written in it (UserError otherwise)."""
-    path = os.fspath(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=path)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {path}: {e.strerror or e}") from None
-
-
-def run_files(out_dir):
-    """Paths of a run directory's files (see the module docstring)."""
-    j = lambda *p: os.path.join(out_dir, *p)  # noqa: E731
-    return {"weights": j("weights.npz"), "checkpoint": j("checkpoint.npz"), "snapshots": j("snapshots"),
-            "metrics_csv": j("metrics.csv"), "metrics_json": j("metrics.json"), "curve": j("curve.png")}
-
-
-def snapshot_path(out_dir, epoch):
-    return os.path.join(out_dir, "snapshots", f"epoch_{int(epoch):04d}.npz")
-
-
-def load_checkpoint(path):
-    """Read a checkpoint: (arrays, meta). UserError when missing or not a checkpoint."""
-    if not os.path.isfile(path):
-        raise UserError(f"--resume: no checkpoint {path} to resume from")
-    arrays, meta = zio.load_npz(path, "checkpoint")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {path} is not a zfscratch training checkpoint")
-    return arrays, meta
-
-
-
-
-def _parse_snapshots(s):
-    if s is None or (isinstance(s, str) and s.strip().lower() in ("", "none")):
-        return ()
-    orig = s if isinstance(s, str) else ",".join(map(str, s))
-    if isinstance(s, str):
-        s = [p for p in s.replace(" ", "").split(",") if p]
-    try:
-        out = sorted({int(v) for v in s})
-    except (TypeError, ValueError):
-        raise UserError(f"--snapshots {orig}: expected comma-separated epoch numbers such as 1,2,5,10") from None
-    if any(v < 0 for v in out):
-        raise UserError(f"--snapshots {orig}: epochs must be >= 0")
-    return tuple(out)
-
-
-def _parse_augment(a):
-    if a is None or a == "" or a == "none":
-        return ()
-    if isinstance(a, str):
-        a = [p for p in a.replace(" ", "").split(",") if p]
-    a = tuple(sorted(set(a) - {"none"}))
-    bad = [x for x in a if x not in AUGMENTS]
-    if bad:
-        raise UserError(f"--augment {','.join(bad)}: expected a comma-separated subset of "
-                        f"{', '.join(AUGMENTS)} (or none)")
-    return a
-
-
-def _check_options(cfg):
-    def pos_int(k, minimum=1):
-        v = cfg[k]
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
-            raise UserError(f"--{k.replace('_', '-')} {v}: expected an integer >= {minimum}")
-    pos_int("batch"), pos_int("epochs"), pos_int("checkpoint_every", 0)
-    if cfg["eval_batch"] is not None:
-        pos_int("eval_batch")
-    for k in ("lr", "scale"):
-        if not (isinstance(cfg[k], (int, float)) and math.isfinite(cfg[k]) and cfg[k] > 0):
-            raise UserError(f"--{k} {cfg[k]}: expected a positive number")
-    if not 0 <= cfg["momentum"] < 1:
-        raise UserError(f"--momentum {cfg['momentum']}: expected a value in [0, 1)")
-    if cfg["weight_decay"] < 0:
-        raise UserError(f"--weight-decay {cfg['weight_decay']}: expected >= 0")
-    if not 0 < cfg["lr_factor"] < 1:
-        raise UserError(f"--lr-factor {cfg['lr_factor']}: expected a value in (0, 1)")
-    if cfg["pad"] < 0:
-        raise UserError(f"--pad {cfg['pad']}: expected >= 0")
-    if cfg["input_size"] is not None and cfg["input_size"] < 8:
-        raise UserError(f"--input-size {cfg['input_size']}: expected >= 8")
-    if cfg["resize"] is not None and cfg["input_size"] is not None and cfg["resize"] < cfg["input_size"]:
-        raise UserError(f"--resize {cfg['resize']} is smaller than --input-size {cfg['input_size']}")
-    w = cfg["warmup"]
-    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
-        raise UserError(f"--warmup {w}: expected a number of epochs >= 0")
-    if cfg["lr_schedule"] not in LR_SCHEDULES:
-        raise UserError(f"--lr-schedule {cfg['lr_schedule']!r}: expected one of {', '.join(LR_SCHEDULES)}")
-    if cfg["mean"] not in ("pixel", "channel", "none"):
-        raise UserError(f"--mean {cfg['mean']!r}: expected pixel, channel or none")
-    from zfscratch.models import ARCHS
-    if cfg["model"] not in ARCHS:
-        raise UserError(f"--model {cfg['model']!r}: expected one of {', '.join(ARCHS)}")
-
-
-# =============================================================================================
-# Training
-# =============================================================================================
 
 class Trainer:
     """One training run (use :func:`train_model`)."""
 
     def __init__(self, data, out_dir, cfg, backend=None, resume=False, overwrite=False, quiet=False,
-                 progress=None, world=None):
+                 progress=None, world=None, faults=None):
         from zfscratch.distributed import World
         self.t0, self.c0 = time.perf_counter(), time.process_time()  # data loading counts too
         self.world = world or World()
+        self.faults = faults  # a FaultInjection (tests); None: from the environment when run() starts
         self.out_dir = os.fspath(out_dir)
         self.files = run_files(self.out_dir)
         self.quiet, self.progress_cb = quiet or not self.world.is_root, progress
@@ -563,7 +82,6 @@ class Trainer:
         _check_options(cfg)
         self.cfg = cfg
         self.data_spec = data if isinstance(data, str) else None
-        from zfscratch.cli import resolve_backend
         self.be = resolve_backend(backend)
         if self.be.name == "cupy" and self.world.distributed:
             from zfscratch.distributed import select_gpu
@@ -719,7 +237,7 @@ class Trainer:
                      describe=lambda v: f"{v[0].get('arch')} weights {v[1]}")
         w.check_same("the resume point", [self.epoch, self.pos, self.step])
 
-    def _distributed_step(self, x, y, idx, nan_at):
+    def _distributed_step(self, x, y, idx, faults):
         """Forward and backward on this rank's share, gradients and loss sums all-reduced.
         Returns (global mean loss, images, correct predictions) of the global batch."""
         n_local, n_global = len(y), self.it.last_step[2]
@@ -728,8 +246,7 @@ class Trainer:
             self.net.set_sample_rng(SampleRNG(self.cfg["seed"], self.it.last_step[0], idx, stream=0xD0))
             logits = self.net.forward(self.be.to_device(x), train=True)
             loss = float(self.loss_fn.forward(logits, y))
-            if nan_at and self.step + 1 == nan_at:
-                loss = float("nan")
+            loss = faults.loss(self.step + 1, loss)
             loss_sum = loss * n_local
             correct = int((self.be.to_host(self.loss_fn.probs).argmax(axis=1) == y).sum())
             dy = self.loss_fn.backward()
@@ -847,9 +364,7 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
     def run(self):
         cfg = self.cfg
-        kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
-        nan_at = int(os.environ.get(NAN_ENV, "0") or 0)
-        fail_hook = _rank_hook(self.world.rank)
+        faults = self.faults or FaultInjection.from_environment(rank=self.world.rank)
         n, bsz = len(self.train), cfg["batch"]
         nb = math.ceil(n / bsz)
         eval_batch = cfg["eval_batch"] or max(bsz, 64)
@@ -879,16 +394,14 @@ class Trainer:
                 if cfg["lr_schedule"] == "cosine":
                     self.opt.lr = cosine_lr(cfg["lr"], self.step, total_steps)
                 self.net.zero_grads()
-                if fail_hook:
-                    fail_hook(self.step + 1)
+                faults.before_step(self.step + 1)
                 if self.reducer is not None:  # forward, backward, all-reduce (losses too)
-                    loss, n_seen, n_correct = self._distributed_step(x, y, idx, nan_at)
+                    loss, n_seen, n_correct = self._distributed_step(x, y, idx, faults)
                 else:
                     self.net.set_sample_rng(SampleRNG(cfg["seed"], self.it.last_step[0], idx, stream=0xD0))
                     logits = self.net.forward(self.be.to_device(x), train=True)
                     loss = float(self.loss_fn.forward(logits, y))
-                    if nan_at and self.step + 1 == nan_at:
-                        loss = float("nan")
+                    loss = faults.loss(self.step + 1, loss)
                 if not math.isfinite(loss):
                     bar.close()
                     err = TrainingDiverged(
@@ -926,8 +439,7 @@ class Trainer:
                     self.sums["time"] += time.perf_counter() - t_ep
                     t_ep = time.perf_counter()
                     self.save_checkpoint()
-                if kill_at and self.step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                faults.after_step(self.step)
             bar.close()
             self.sums["time"] += time.perf_counter() - t_ep
             self._end_epoch(e, eval_batch)
@@ -994,33 +506,6 @@ def _fingerprint(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-RANK_FAIL_ENV = "ZFSCRATCH_TEST_FAIL_RANK"
-RANK_HANG_ENV = "ZFSCRATCH_TEST_HANG_RANK"
-
-
-def _rank_hook(rank):
-    """Test hooks: ``$ZFSCRATCH_TEST_FAIL_RANK=R:N`` makes rank R raise an error before step N;
-    ``$ZFSCRATCH_TEST_HANG_RANK=R:N`` makes it hang there (sleep) -- to test that one rank's failure
-    stops every rank."""
-    hooks = []
-    for env, act in ((RANK_FAIL_ENV, "fail"), (RANK_HANG_ENV, "hang")):
-        v = os.environ.get(env, "")
-        if ":" in v:
-            r, n = (int(p) for p in v.split(":", 1))
-            if r == rank:
-                hooks.append((n, act))
-    if not hooks:
-        return None
-
-    def hook(step):
-        for n, act in hooks:
-            if step == n and act == "fail":
-                raise OSError(f"injected failure at step {step} (${RANK_FAIL_ENV})")
-            if step == n and act == "hang":
-                time.sleep(3600)
-    return hook
-
-
 def cosine_lr(lr0, step, total_steps):
     """Cosine decay from ``lr0`` at step 0 to 0 at ``total_steps`` (a function of the step alone, so
     resuming needs no extra state)."""
@@ -1030,14 +515,6 @@ def cosine_lr(lr0, step, total_steps):
 def _fmt_time(s):
     s = int(max(s, 0))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _log(msg):
-    try:
-        from tqdm import tqdm
-        tqdm.write(msg, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(msg, file=sys.stderr)
 
 
 def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, backend=None, snapshots=None,
