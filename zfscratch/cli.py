@@ -13,9 +13,9 @@ import pkgutil
 import sys
 
 from zfscratch import __version__
+from zfscratch.backend import resolve_backend  # noqa: F401  (re-exported for older callers)
+from zfscratch.commands._args import BACKEND_CHOICES, add_backend_arg, add_distributed_arg, world_of  # noqa: F401
 from zfscratch.errors import UserError
-
-BACKEND_CHOICES = ("auto", "numpy", "numba", "cupy")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,21 +23,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def add_backend_arg(parser):
-    """``--backend {auto,numpy,numba,cupy}`` (default: ZFSCRATCH_BACKEND or auto)."""
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
-                        help="compute backend (default: $ZFSCRATCH_BACKEND or auto = cupy, else numba, else numpy)")
-
-
-def resolve_backend(name):
-    """Backend for a CLI ``--backend`` value, as a UserError when it cannot run here."""
-    from zfscratch.backend import BackendError, get_backend
-    try:
-        return get_backend(name)
-    except BackendError as e:
-        raise UserError(f"--backend: {e}") from None
 
 
 def build_parser():
@@ -52,19 +37,6 @@ def build_parser():
     for mod in sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
         mod.register(sub)
     return parser
-
-
-def add_distributed_arg(p):
-    """``--distributed``: run over the MPI world (``mpirun -n K zfscratch ...``)."""
-    p.add_argument("--distributed", action="store_true", default=None,
-                   help="run over the MPI world (start with mpirun -n K; detected without the flag when an MPI "
-                        "launcher starts several processes; needs the [distributed] extra)")
-
-
-def world_of(args):
-    """The MPI world (or one process) for a command's ``--distributed`` flag."""
-    from zfscratch.distributed import get_world
-    return get_world(True if getattr(args, "distributed", None) else None)
 
 
 def main(argv=None):

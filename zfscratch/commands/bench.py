@@ -84,7 +84,7 @@ def cmd_bench(args):
             bench.import_torch()
         except ImportError as e:
             raise UserError(str(e)) from None
-    from zfscratch.cli import resolve_backend
+    from zfscratch.backend import resolve_backend
     resolve_backend(args.backend)  # one-line error when it cannot run here
 
     def progress(msg):

@@ -8,7 +8,7 @@ ORDER = 90
 
 
 def register(sub):
-    from zfscratch.cli import add_backend_arg
+    from zfscratch.commands._args import add_backend_arg
     p = sub.add_parser("info", help="version, available backends, BLAS and threads")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("gradcheck", help="float64 gradient check of every layer and a small net")
@@ -41,7 +41,7 @@ def cmd_info(args):
 
 def cmd_gradcheck(args):
     from zfscratch import gradcheck
-    from zfscratch.cli import resolve_backend
+    from zfscratch.backend import resolve_backend
     be = resolve_backend(args.backend)
     print(f"float64 centered-difference gradient check, backend {be.name}, tolerance {args.tol:g}")
     print(f"{'layer':<38} {'max rel. error':>14}  result")

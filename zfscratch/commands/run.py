@@ -8,7 +8,7 @@ ORDER = 5
 
 
 def register(sub):
-    from zfscratch.cli import add_backend_arg
+    from zfscratch.commands._args import add_backend_arg
     p = sub.add_parser(
         "run", help="the main job: train on the embedded synthetic data, run every paper experiment, write an "
                     "offline HTML report",

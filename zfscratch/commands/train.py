@@ -28,7 +28,7 @@ def _ints(s, opt):
 
 
 def register(sub):
-    from zfscratch.cli import add_backend_arg, add_distributed_arg
+    from zfscratch.commands._args import add_backend_arg, add_distributed_arg
     from zfscratch.models import ARCHS
     from zfscratch.train import DEFAULTS as D
 
@@ -155,7 +155,8 @@ def cmd_evaluate(args):
     from zfscratch.train import evaluate_weights
     if args.batch < 1:
         raise UserError(f"--batch {args.batch}: expected an integer >= 1")
-    from zfscratch.cli import resolve_backend, world_of
+    from zfscratch.backend import resolve_backend
+    from zfscratch.commands._args import world_of
     world = world_of(args)
     be = resolve_backend(args.backend)
     res = evaluate_weights(args.weights, args.data, split=args.split, ten_crop=args.ten_crop, batch=args.batch,
