@@ -17,7 +17,7 @@ DATA_HELP = ("dataset: synthetic[:key=value,...], idx:PATH, cifar:PATH, folder:P
 
 # ----------------------------------------------------------------------------- helpers
 def _common(p, out_default, batch=32):
-    from zfscratch.cli import add_backend_arg
+    from zfscratch.commands._args import add_backend_arg
     p.add_argument("--out", default=None, metavar="DIR",
                    help=f"output folder (default: {out_default} beside the weights)")
     p.add_argument("--batch", type=int, default=batch,
@@ -38,7 +38,7 @@ def _check_positive(**kw):
 
 
 def _load(weights, backend):
-    from zfscratch.cli import resolve_backend
+    from zfscratch.backend import resolve_backend
     from zfscratch.io import load_weights
     return load_weights(weights, backend=resolve_backend(backend))
 
@@ -46,10 +46,8 @@ def _load(weights, backend):
 def _open_data(spec, meta, split):
     """The dataset ``spec`` (its ``split``; ``val`` falls back to ``test``), else the data the weights
     were trained on (``meta["train"]["data"]``)."""
-    from zfscratch.experiments.evolution import dataset_from_meta, open_split
-    if spec is None:
-        return dataset_from_meta(meta, split=split)
-    return open_split(spec, split)
+    from zfscratch.data import open_for_model
+    return open_for_model(spec, meta, split)
 
 
 def _out_dir(args, weights, default):
@@ -61,7 +59,7 @@ def _out_dir(args, weights, default):
 
 def _world(args, net):
     """The MPI world for ``--distributed`` / an mpirun launch; ranks must hold the same model."""
-    from zfscratch.cli import world_of
+    from zfscratch.commands._args import world_of
     world = world_of(args)
     if world.distributed:
         from zfscratch.distributed import array_digest
@@ -115,7 +113,7 @@ def register(sub):
                    help="DeconvNet projection of the map: its strongest activation (default) or the whole map")
     p.add_argument("--name", default="occlusion", help="file name stem of the outputs (default occlusion)")
     _common(p, "occlusion", batch=32)
-    from zfscratch.cli import add_distributed_arg
+    from zfscratch.commands._args import add_distributed_arg
     add_distributed_arg(p)
     p.set_defaults(func=cmd_occlude)
 
@@ -179,7 +177,7 @@ def register(sub):
     p.add_argument("--lr", type=float, default=0.05, help="classifier learning rate (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     _common(p, "layerwise", batch=64)
-    from zfscratch.cli import add_distributed_arg
+    from zfscratch.commands._args import add_distributed_arg
     add_distributed_arg(p)
     p.set_defaults(func=cmd_layerwise)
 
@@ -362,7 +360,7 @@ def cmd_architecture(args):
     from zfscratch.train import check_writable_dir
     check_writable_dir(out)
     if args.weights:
-        from zfscratch.cli import resolve_backend
+        from zfscratch.backend import resolve_backend
         from zfscratch.io import load_weights
         models = {}
         for w in args.weights:

@@ -15,7 +15,7 @@ SCOPE_HELP = ("display normalization 0.5 + 0.5*r/max|r| (grey = 0): per projecti
 
 
 def register(sub):
-    from zfscratch.cli import add_backend_arg
+    from zfscratch.commands._args import add_backend_arg
 
     p = sub.add_parser("visualize", help="top-9 activations per map of layers 1-5 and their DeconvNet "
                        "projections (paper Fig 2)",
@@ -42,7 +42,7 @@ def register(sub):
     p.add_argument("--scope", choices=("image", "grid", "channel"), default="image", help=SCOPE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_backend_arg(p)
-    from zfscratch.cli import add_distributed_arg
+    from zfscratch.commands._args import add_distributed_arg
     add_distributed_arg(p)
     p.set_defaults(func=cmd_visualize)
 
@@ -95,7 +95,7 @@ def _positive(name, v, allow_zero=False):
 
 
 def _load(weights, backend):
-    from zfscratch.cli import resolve_backend
+    from zfscratch.backend import resolve_backend
     from zfscratch.io import load_weights
     be = resolve_backend(backend)
     return load_weights(weights, backend=be)
@@ -103,10 +103,8 @@ def _load(weights, backend):
 
 def _open_data(spec, meta, split):
     """The dataset named by ``spec``, else the one the weights were trained on (``split`` if it has it)."""
-    from zfscratch.experiments.evolution import dataset_from_meta, open_split
-    if spec is None:
-        return dataset_from_meta(meta, split=split)
-    return open_split(spec, split)
+    from zfscratch.data import open_for_model
+    return open_for_model(spec, meta, split)
 
 
 def _layers(net, text):
@@ -143,7 +141,7 @@ def cmd_visualize(args):
             if not maps or min(maps) < 0 or max(maps) >= c:
                 raise UserError(f"--map-list {args.map_list!r}: layer {name} has maps 0..{c - 1}")
     ds = _open_data(args.data, meta, args.split)
-    from zfscratch.cli import world_of
+    from zfscratch.commands._args import world_of
     world = world_of(args)
     if world.distributed:
         from zfscratch.distributed import array_digest
@@ -179,7 +177,7 @@ def cmd_filters(args):
 
 
 def cmd_evolution(args):
-    from zfscratch.cli import resolve_backend
+    from zfscratch.backend import resolve_backend
     from zfscratch.experiments.evolution import list_snapshots, run_evolution
     from zfscratch.io import load_weights
     for n, v in (("--maps-per-layer", args.maps_per_layer), ("--images", args.images),

@@ -21,7 +21,7 @@ from .cifar import CIFAR10_CLASSES, CifarDataset, read_cifar_batch
 from .folder import FolderDataset, load_rgb
 from .idx import FASHION_CLASSES, IdxDataset, read_idx
 from .iterator import BatchIterator
-from .spec import KINDS, available_splits, open_dataset, parse_spec
+from .spec import KINDS, available_splits, dataset_from_meta, open_dataset, open_for_model, open_split, parse_spec
 from .synthetic import CLASS_NAMES, Sample, SyntheticDataset, class_parts
 from .transforms import compute_mean
 from . import transforms
@@ -32,7 +32,7 @@ __all__ = [
     "FolderDataset", "load_rgb",
     "FASHION_CLASSES", "IdxDataset", "read_idx",
     "BatchIterator",
-    "KINDS", "available_splits", "open_dataset", "parse_spec",
+    "KINDS", "available_splits", "dataset_from_meta", "open_dataset", "open_for_model", "open_split", "parse_spec",
     "CLASS_NAMES", "Sample", "SyntheticDataset", "class_parts",
     "compute_mean", "transforms",
 ]

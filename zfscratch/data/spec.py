@@ -196,3 +196,39 @@ def available_splits(spec):
         except UserError:
             pass
     return out
+
+
+def dataset_from_meta(meta, split="val"):
+    """Open the dataset a model was trained on (``meta["train"]["data"]``), ``split`` if it has one."""
+    spec = ((meta or {}).get("train") or {}).get("data")
+    while isinstance(spec, dict) and "subset_of" in spec:  # a held-out part of a dataset
+        spec = spec["subset_of"]
+    if isinstance(spec, dict) and spec.get("kind") == "synthetic":  # a dataset's describe() record
+        kw = {k: spec[k] for k in ("n", "size", "seed", "background", "max_angle") if k in spec}
+        if spec.get("classes"):
+            kw["classes"] = "+".join(spec["classes"])
+        if spec.get("scale_range"):
+            kw["scale"] = "{}-{}".format(*spec["scale_range"])
+        return open_dataset("synthetic", split=split, **kw)
+    if not isinstance(spec, str) or not spec:
+        raise UserError("the weights do not record their training data as a spec string; pass --data")
+    return open_split(spec, split)
+
+
+def open_split(spec, split="val"):
+    """``open_dataset(spec, split)``; when the data has no ``val`` split, its ``test`` split, else
+    ``train`` (a split asked for other than ``val`` must exist: UserError otherwise)."""
+    splits = available_splits(spec)
+    if split not in splits:
+        if split != "val" or not splits:
+            raise UserError(f"data {spec!r} has no {split!r} split (it has: {', '.join(splits) or 'none'})")
+        split = "test" if "test" in splits else splits[0]
+    return open_dataset(spec, split=split)
+
+
+def open_for_model(spec, meta, split="val"):
+    """The dataset ``spec`` (its ``split``; ``val`` falls back to ``test``, see :func:`open_split`), else
+    the data a model was trained on (``meta["train"]["data"]``, see :func:`dataset_from_meta`)."""
+    if spec is None:
+        return dataset_from_meta(meta, split=split)
+    return open_split(spec, split)

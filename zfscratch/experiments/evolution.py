@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from zfscratch import deconv, viz
+from zfscratch.data.spec import dataset_from_meta, open_split  # noqa: F401  (moved there; re-exported)
 from zfscratch.errors import UserError
 from zfscratch.experiments.topk import ImageSource, crop, topk_search
 
@@ -168,33 +169,3 @@ def evolution_figure(rows, tiles, values, epochs, path, scope="image", n_images=
              f"{viz.caption(scope).replace('the whole grid', 'each row')}.",
              fontsize=6, va="bottom", ha="left", wrap=True)
     return viz.save_png(fig, path)
-
-
-def dataset_from_meta(meta, split="val"):
-    """Open the dataset a model was trained on (``meta["train"]["data"]``), ``split`` if it has one."""
-    spec = ((meta or {}).get("train") or {}).get("data")
-    while isinstance(spec, dict) and "subset_of" in spec:  # a held-out part of a dataset
-        spec = spec["subset_of"]
-    if isinstance(spec, dict) and spec.get("kind") == "synthetic":  # a dataset's describe() record
-        from zfscratch.data import open_dataset
-        kw = {k: spec[k] for k in ("n", "size", "seed", "background", "max_angle") if k in spec}
-        if spec.get("classes"):
-            kw["classes"] = "+".join(spec["classes"])
-        if spec.get("scale_range"):
-            kw["scale"] = "{}-{}".format(*spec["scale_range"])
-        return open_dataset("synthetic", split=split, **kw)
-    if not isinstance(spec, str) or not spec:
-        raise UserError("the weights do not record their training data as a spec string; pass --data")
-    return open_split(spec, split)
-
-
-def open_split(spec, split="val"):
-    """``open_dataset(spec, split)``; when the data has no ``val`` split, its ``test`` split, else
-    ``train`` (a split asked for other than ``val`` must exist: UserError otherwise)."""
-    from zfscratch.data import available_splits, open_dataset
-    splits = available_splits(spec)
-    if split not in splits:
-        if split != "val" or not splits:
-            raise UserError(f"data {spec!r} has no {split!r} split (it has: {', '.join(splits) or 'none'})")
-        split = "test" if "test" in splits else splits[0]
-    return open_dataset(spec, split=split)
