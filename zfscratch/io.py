@@ -276,3 +276,14 @@ def load_onnx(path, **kw):
     """
     from zfscratch import onnx_io
     return onnx_io.load_onnx(path, **kw)
+
+
+def import_onnx(path, out, **kw):
+    """Import the ONNX model ``path`` (see :func:`load_onnx`) and save it to ``out`` with :func:`save_weights`.
+
+    Returns ``(net, meta)``.
+    """
+    net, meta = load_onnx(path, **kw)
+    extra = meta.get("extra") or {}
+    save_weights(out, net, meta={k: v for k, v in meta.items() if k != "extra"}, extra=extra)
+    return net, meta

@@ -1,6 +1,6 @@
 """ONNX import and export for networks of the AlexNet/ZFNet family (optional: needs ``onnx``).
 
-Import (:func:`load_onnx`, :func:`import_onnx`, ``zfscratch import-onnx``) turns a *chain* of
+Import (:func:`load_onnx`, :func:`zfscratch.io.import_onnx`, ``zfscratch import-onnx``) turns a *chain* of
 supported operators into a :class:`~zfscratch.net.Sequential` of this engine, stored like a trained
 model (``io.save_weights``: ``config = {"arch": "custom", "layers": specs, ...}``, class names,
 preprocessing, the mean beside the weights), so every command (visualize, occlude, invariance, run)
@@ -809,18 +809,6 @@ def load_onnx(path, input_size=None, labels=None, mean=None, scale=None, std=Non
     model = read_model(path)
     return import_model(model, source=os.fspath(path), input_size=input_size, labels=labels, mean=mean,
                         scale=scale, std=std, bgr=bgr, backend=backend)
-
-
-def import_onnx(path, out, **kw):
-    """Import ``path`` (see :func:`load_onnx`) and save it to ``out`` with :func:`zfscratch.io.save_weights`.
-
-    Returns ``(net, meta)``.
-    """
-    from zfscratch.io import save_weights
-    net, meta = load_onnx(path, **kw)
-    extra = meta.get("extra") or {}
-    save_weights(out, net, meta={k: v for k, v in meta.items() if k != "extra"}, extra=extra)
-    return net, meta
 
 
 # ============================================================================= export

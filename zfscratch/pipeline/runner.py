@@ -235,7 +235,7 @@ def machine_info(backend):
 
 
 def run_pipeline(out="report", quick=False, backend=None, data=None, force=False, stages=None, progress=True,
-                 log=None, command=None):
+                 log=None, command=None, *, build):
     """Run (or resume) the main job and write ``OUT/index.html``.
 
     Parameters
@@ -249,13 +249,14 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
     progress : progress bars of the stages
     log : callable for the per-stage progress lines (default: print to stdout)
     command : the command line shown in the report (default: reconstructed from the arguments)
+    build : ``build(profile) -> [Stage]``, the job's stages (:func:`zfscratch.pipeline.build_stages`; the
+        package's :func:`zfscratch.pipeline.run_pipeline` passes it)
 
     Returns
     -------
     the manifest dict (``stages``: name -> status, hash, seconds, result, ...), plus ``report`` (the
     HTML path) and ``failed`` (names of failed stages).
     """
-    from zfscratch import pipeline  # looked up at call time: a caller (the tests) may replace build_stages
     from zfscratch.backend import BackendError, get_backend
     from zfscratch.report import write_report
     from zfscratch.train import check_writable_dir
@@ -268,7 +269,7 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
     spec = data_spec(data, profile)
     out = os.path.abspath(os.fspath(out))
     check_writable_dir(out)
-    all_stages = pipeline.build_stages(profile)
+    all_stages = build(profile)
     wanted, forced = _select(all_stages, stages, force)
     ctx = Context(out, spec, be, profile, progress=progress, log=log)
     manifest = load_manifest(out)
