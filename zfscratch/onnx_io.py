@@ -944,7 +944,7 @@ def export_onnx(net, path, meta=None, opset=DEFAULT_OPSET, softmax=False, input_
     Returns the ``ModelProto``. The graph takes ``input`` (N, C, S, S) RGB float32, preprocessed as
     the metadata says, and gives ``logits`` (N, classes).
     """
-    from zfscratch.io import atomic_write_bytes
+    from zfscratch.util.files import atomic_write_bytes
     model = to_model(net, meta=meta, opset=opset, softmax=softmax, input_name=input_name,
                      output_name=output_name)
     try:

@@ -121,7 +121,7 @@ def _cmd_occlusion(args, size):
             _import_captum()
         except ImportError as e:
             raise UserError(str(e)) from None
-    from zfscratch.cli import resolve_backend
+    from zfscratch.backend import resolve_backend
     resolve_backend(args.backend)
 
     def progress(msg):

@@ -7,7 +7,7 @@ ORDER = 35
 
 
 def register(sub):
-    from zfscratch.cli import add_backend_arg
+    from zfscratch.commands._args import add_backend_arg
     from zfscratch.commands.visualize import DATA_HELP
     p = sub.add_parser(
         "explore", help="a local web page to look inside a network live: maps, top-9, projections, occlusion",

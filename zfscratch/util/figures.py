@@ -25,6 +25,6 @@ def png_bytes(fig, dpi=None, tight=True):
 
 def save_png(fig, path, dpi=None, tight=True):
     """Render ``fig`` to PNG in memory (:func:`png_bytes`) and write it atomically; returns the path."""
-    from zfscratch.io import atomic_write_bytes
+    from zfscratch.util.files import atomic_write_bytes
     atomic_write_bytes(path, png_bytes(fig, dpi=dpi, tight=tight))
     return os.fspath(path)

@@ -35,6 +35,6 @@ def dumps(obj, indent=1, sort_keys=False):
 
 def write_json(path, obj, indent=2, sort_keys=False):
     """Atomic write of ``obj`` as JSON (see :func:`dumps`) followed by a newline; returns the path."""
-    from zfscratch.io import atomic_write_text
+    from zfscratch.util.files import atomic_write_text
     atomic_write_text(path, dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
     return os.fspath(path)
