@@ -117,8 +117,9 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
         rounding); False: one full forward pass per occluded image (to compare)
     bar : an open progress bar to advance instead of making one (multi-image runs)
     world : a :class:`zfscratch.distributed.World` (``mpirun -n K``): each rank sweeps a run of whole
-        position batches and the maps are summed over the ranks (every rank returns them; the same
-        numbers as one process, each position being computed in the same batch)
+        position batches and the maps are summed over the ranks (every rank returns them; equal to
+        one process's to float32 rounding: the incremental engine is not bit-reproducible across
+        different sequences of calls)
 
     Returns
     -------
@@ -152,9 +153,10 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
     n = gy.size
     from zfscratch.distributed import World, shard_range
     world = world or World()
-    nb = -(-n // int(batch))
+    step = int(batch) * (INCREMENTAL_BATCH_FACTOR if incremental else 1)  # positions per pass
+    nb = -(-n // step)
     b0, b1 = shard_range(nb, world.rank, world.size)
-    lo, hi = b0 * int(batch), min(n, b1 * int(batch))
+    lo, hi = b0 * step, min(n, b1 * step)  # whole passes: each position computed as in one process
     act = np.zeros(n, np.float64)  # zeros outside this rank's share: summing the shares is exact
     pt = np.zeros(n, np.float64)
     tl = np.zeros(n, np.int64)
@@ -166,11 +168,9 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
         bar = S.progress_bar(hi - lo, "occlusion", progress and world.is_root, unit="pos")
     t0 = time.perf_counter()
     engine = None
-    step = int(batch)
-    if incremental:
+    if incremental:  # (step above: a position costs a few percent of a full pass in memory)
         from zfscratch.experiments.incremental import IncrementalOccluder
         engine = IncrementalOccluder(net, xd, fd, keep=[layer])
-        step *= INCREMENTAL_BATCH_FACTOR  # a position costs a few percent of a full pass in memory
     try:
         for s, e in ((lo + s, lo + e) for s, e in S.batched(hi - lo, step)):
             if engine is not None:
