@@ -15,12 +15,14 @@ def register(sub):
                     "Medians of --repeats runs after one warm-up run; the JIT cost is reported apart. "
                     "Threads: --threads, or NUMBA_NUM_THREADS / OPENBLAS_NUM_THREADS in the environment.")
     p.add_argument("--model", choices=ARCHS, default="zfnet", help="architecture (default zfnet)")
-    p.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per batch (default 16; --occlusion: 32 per full pass, as zfscratch occlude)")
     p.add_argument("--size", type=int, default=None, help="input side in pixels (default: 224 for zfnet, "
                                                           "else the model's own input size)")
     p.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default="numba",
                    help="compute backend (default numba)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per measurement (default 5; --occlusion: 2 interleaved rounds of whole sweeps)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for Numba's loops and the BLAS (and PyTorch); default: the libraries' own")
     p.add_argument("--compare", choices=("torch", "captum"), default=None,
@@ -91,8 +93,8 @@ def cmd_bench(args):
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
     try:
-        res = bench.run_bench(model=args.model, batch=args.batch, size=size, backend=args.backend,
-                              repeats=args.repeats, threads=args.threads, compare=args.compare, seed=args.seed,
+        res = bench.run_bench(model=args.model, batch=args.batch or 16, size=size, backend=args.backend,
+                              repeats=args.repeats or 5, threads=args.threads, compare=args.compare, seed=args.seed,
                               progress=progress, widths=widths, fc=args.fc, num_classes=args.num_classes)
     except ImportError as e:
         raise UserError(str(e)) from None
@@ -127,9 +129,9 @@ def _cmd_occlusion(args, size):
     def progress(msg):
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    repeats = args.repeats if args.repeats != 5 else 2  # whole sweeps are long: default 2 rounds
+    repeats = args.repeats or 2  # whole sweeps are long
     from zfscratch.experiments.occlusion import INCREMENTAL_BATCH_FACTOR
-    batch = args.batch if args.batch != 16 else 32  # zfscratch occlude's default
+    batch = args.batch or 32  # zfscratch occlude's default
     try:
         res = run_occlusion_bench(model=args.model, size=size, patch=args.patch, stride=args.stride,
                                   backend=args.backend, batch=batch, inc_batch=INCREMENTAL_BATCH_FACTOR * batch,
