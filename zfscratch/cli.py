@@ -8,6 +8,8 @@ one line (``zfscratch: error: ...``) with exit status 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import importlib
 import pkgutil
 import sys
@@ -39,6 +41,15 @@ def build_parser():
     return parser
 
 
+def _silence_stdout():
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None):
     """Entry point of the ``zfscratch`` console script. Returns the exit status."""
     parser = build_parser()
@@ -60,6 +71,19 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("zfscratch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # ``zfscratch ... | head``: the reader left; say nothing more (and keep Python's final flush of
+        # stdout from printing a traceback of its own)
+        _silence_stdout()
+        return 141
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"zfscratch: error: {e.filename or 'write'}: {e.strerror}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("zfscratch: error: out of memory (try a smaller --batch or input size)", file=sys.stderr)
+        return 2
     except Exception as e:
         if distributed.current() is not None:
             distributed.exit_on_error(e, 1)

@@ -31,6 +31,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -137,12 +138,43 @@ def _to_rgb(img):
     return np.asarray(img, dtype=np.uint8)
 
 
+#: largest image (pixels) decoded; checked from the header before decoding (decompression bombs)
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+#: largest image file read
+MAX_IMAGE_BYTES = 256 << 20
+
+
+@contextlib.contextmanager
+def open_image(path):
+    """Context manager: ``PIL.Image`` of a regular image file whose header-declared size is at most
+    :data:`MAX_IMAGE_PIXELS` pixels.
+
+    Nothing is decoded yet (``Image.open`` reads the header only); a FIFO or device named ``x.png`` is
+    refused without blocking (:func:`zfscratch.util.files.open_regular`). UserError naming the file.
+    """
+    from PIL import Image
+
+    from zfscratch.util.files import open_regular
+
+    with open_regular(path, "image file", max_bytes=MAX_IMAGE_BYTES) as f:
+        try:
+            img = Image.open(f)
+        except Image.DecompressionBombError as e:  # Pillow's own check, from the header too
+            raise UserError(f"image file {path} is too large: {e} (refused before decoding)") from None
+        with img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise UserError(f"image file {path} is {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS} "
+                                f"allowed (refused before decoding)")
+            yield img
+
+
 def load_rgb(path, size=None):
     """Decode an image file to ``(H, W, 3) uint8`` RGB (resized + centre-cropped to ``size`` if its
     shape is not ``size x size``). Raises UserError naming the file when it cannot be decoded."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             arr = _to_rgb(img)
     except FileNotFoundError:
@@ -159,9 +191,9 @@ def load_rgb(path, size=None):
 
 
 def _image_size(path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.size  # (w, h)
     except UnidentifiedImageError:
         raise UserError(f"image file {path} is not an image Pillow can read") from None

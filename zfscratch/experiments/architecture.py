@@ -28,6 +28,7 @@ import numpy as np
 
 from zfscratch.errors import UserError
 from zfscratch.experiments import _shared as S
+from zfscratch.util.files import safe_join, safe_name
 
 ARCHS = ("zfnet_small", "alexnet_like")
 
@@ -144,7 +145,7 @@ def compare(models, val_set, out_dir, dead_threshold=0.05, fft_size=64, probe_im
         if acc is None:
             acc = evaluate(net, val_set, pre, batch=batch, quiet=not progress)["accuracy"]
         st["val_accuracy"] = float(acc)
-        fpath = os.path.join(out_dir, f"{name}_{label}_conv1.png")
+        fpath = safe_join(out_dir, safe_name(f"{name}_{label}_conv1") + ".png")
         plot_filters(w, fpath, title=f"{label}: conv1 filters ({st['conv1']})")
         st["filter_figure"] = fpath
         l2 = layer2_projections(net, pre, probe)
@@ -161,8 +162,8 @@ def compare(models, val_set, out_dir, dead_threshold=0.05, fft_size=64, probe_im
                             "total, per-channel mean removed, zero-padded FFT",
            "dead_definition": f"filter RMS < {dead_threshold} x the largest conv1 filter RMS",
            "table_markdown": "\n".join(md)}
-    fig_path = os.path.join(out_dir, f"{name}.png")
-    json_path = os.path.join(out_dir, f"{name}.json")
+    fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
+    json_path = safe_join(out_dir, safe_name(name, what="--name") + ".json")
     plot_architecture(out, grids, fig_path, title)
     out["figure"], out["json"] = fig_path, json_path
     S.write_json(json_path, out)

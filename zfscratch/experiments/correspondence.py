@@ -38,6 +38,7 @@ import numpy as np
 
 from zfscratch.errors import UserError
 from zfscratch.experiments import _shared as S
+from zfscratch.util.files import safe_join, safe_name
 
 
 # ----------------------------------------------------------------------------- Hamming sums
@@ -224,8 +225,8 @@ def correspondence(net, meta, dataset, out_dir, class_name=None, parts=None, n_i
            "normalization": "Delta / (n (n-1) D): mean fraction of differing feature signs per ordered pair",
            "rows": results, "table": table, "table_markdown": "\n".join(md), "summary": summary}
     os.makedirs(out_dir, exist_ok=True)
-    fig_path = os.path.join(out_dir, f"{name}.png")
-    json_path = os.path.join(out_dir, f"{name}.json")
+    fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
+    json_path = safe_join(out_dir, safe_name(name, what="--name") + ".json")
     plot_correspondence(out, x[0], pre, [m[0] for _, r, m in variants if not r],
                         [m[0] for _, r, m in variants if r], fig_path)
     out["figure"], out["json"] = fig_path, json_path

@@ -39,6 +39,7 @@ import numpy as np
 
 from zfscratch.errors import UserError
 from zfscratch.experiments import _shared as S
+from zfscratch.util.files import safe_join, safe_name
 
 KINDS = ("translation", "scale", "rotation")
 _XLABEL = {"translation": "vertical translation (fraction of image side)", "scale": "scale factor",
@@ -301,8 +302,8 @@ def invariance(net, meta, dataset, out_dir, n_images=5, eval_images=40, sweeps=N
         out["summary"][k] = s
     out["rotation"] = _rotation_summary(sw["rotation"], out["summary"]["rotation"], src.max_angle)
     os.makedirs(out_dir, exist_ok=True)
-    fig_path = os.path.join(out_dir, f"{name}.png")
-    json_path = os.path.join(out_dir, f"{name}.json")
+    fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
+    json_path = safe_join(out_dir, safe_name(name, what="--name") + ".json")
     plot_invariance(out, names, fig_path, src.max_angle)
     out["figure"], out["json"] = fig_path, json_path
     S.write_json(json_path, out)

@@ -23,6 +23,7 @@ import numpy as np
 
 from zfscratch.errors import UserError
 from zfscratch.experiments import _shared as S
+from zfscratch.util.files import safe_join, safe_name
 
 
 def default_layers(net):
@@ -204,8 +205,8 @@ def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool
            "weight_decay": weight_decay, "table_markdown": "\n".join(md),
            "features": f"conv layers {pool}-pooled to {grid}x{grid} cells; fc layers as they are; "
                        "standardized with training-split mean/std"}
-    fig_path = os.path.join(out_dir, f"{name}.png")
-    json_path = os.path.join(out_dir, f"{name}.json")
+    fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
+    json_path = safe_join(out_dir, safe_name(name, what="--name") + ".json")
     out["figure"], out["json"] = fig_path, json_path
     if world.is_root:
         os.makedirs(out_dir, exist_ok=True)

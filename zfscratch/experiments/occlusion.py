@@ -40,6 +40,7 @@ import numpy as np
 
 from zfscratch.errors import UserError
 from zfscratch.experiments import _shared as S
+from zfscratch.util.files import safe_join, safe_name
 
 
 #: positions per incremental pass = this times ``batch`` (see :func:`occlusion_maps`)
@@ -377,8 +378,8 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     proj = project_map(net, x, res["layer"], res["map_index"], project_mode) if root else None
     if root:
         os.makedirs(out_dir, exist_ok=True)
-    fig_path = os.path.join(out_dir, f"{name}.png")
-    json_path = os.path.join(out_dir, f"{name}.json")
+    fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
+    json_path = safe_join(out_dir, safe_name(name, what="--name") + ".json")
     if root:
         plot_occlusion(res, S.display_image(x, pre), proj, names, fig_path, bbox=bbox)
     mpos = min_position(res)

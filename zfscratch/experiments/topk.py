@@ -30,6 +30,7 @@ import numpy as np
 from zfscratch import deconv, viz
 from zfscratch.errors import UserError
 from zfscratch.util.progress import progress_bar as _progress
+from zfscratch.util.files import safe_join, safe_name
 
 DEFAULT_LAYERS = "1-5"
 
@@ -532,7 +533,7 @@ def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, i
               "images_per_s": n / max(t1 - t0, 1e-9), "scope": scope, "layers": {}, "ranks": world.size,
               "rank0_search_s": t_local}
     for name, rec in recs.items():
-        path = os.path.join(out_dir, f"topk_{name}.png")
+        path = safe_join(out_dir, "topk_" + safe_name(name) + ".png")
         note = None if isinstance(maps, (int, np.integer)) else "Maps: as listed."
         topk_figure(name, rec, path, k=k, scope=scope, ncols=ncols, n_images=n, maps_note=note)
         top0 = state.value[name][0]
