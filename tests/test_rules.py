@@ -397,3 +397,98 @@ def test_bad_starting_layers_classes_and_rules_are_one_line_errors():
             deconv.project(net, x, msg)
         except ValueError as e:
             assert "\n" not in str(e)
+
+
+# ----------------------------------------------------------------------------- the commands
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A tiny zfnet_small (widths 4, fc 16, 24 px) trained for one epoch on synthetic data."""
+    from zfscratch.cli import main
+    out = tmp_path_factory.mktemp("rules_run")
+    assert main(["train", "--data", SYN, "--batch", "16", "--widths", "4,4,4,4,4", "--fc", "16", "--backend",
+                 "numpy", "--quiet", "--snapshots", "none", "--epochs", "1", "--out", str(out / "run")]) == 0
+    return str(out / "run" / "weights.npz")
+
+
+SYN = "synthetic:n=48,n_val=16,n_test=16,size=24"
+
+
+def _cli(args, capsys):
+    from zfscratch.cli import main
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_attribute_writes_the_figure_for_a_class_and_a_layer(tiny_weights, tmp_path, capsys):
+    rc, out, err = _cli(["attribute", "--weights", tiny_weights, "--data", SYN, "--index", "2", "--class", "1",
+                         "--out", str(tmp_path), "--backend", "numpy"], capsys)
+    assert rc == 0, err
+    res = json.load(open(tmp_path / "attribute.json"))
+    assert res["is_class"] and res["unit"] == 1 and res["layer"] == "fc8"
+    assert os.path.getsize(tmp_path / "attribute.png") > 5000
+    rc, out, err = _cli(["attribute", "--weights", tiny_weights, "--data", SYN, "--layer", "relu3", "--map", "2",
+                         "--rule", "gradient,guided", "--name", "l3", "--out", str(tmp_path)], capsys)
+    assert rc == 0, err
+    res = json.load(open(tmp_path / "l3.json"))
+    assert res["layer"] == "relu3" and res["unit"] == 2 and res["rules"] == ["gradient", "guided"]
+
+
+def test_sanity_command_writes_figures_and_table(tiny_weights, tmp_path, capsys):
+    pytest.importorskip("scipy")
+    pytest.importorskip("skimage")
+    rc, out, err = _cli(["sanity", "--weights", tiny_weights, "--data", SYN, "--n", "4", "--out", str(tmp_path),
+                         "--quiet", "--backend", "numpy"], capsys)
+    assert rc == 0, err
+    res = json.load(open(tmp_path / "sanity.json"))
+    assert res["layers"] == ["fc8", "fc7", "fc6", "conv5", "conv4", "conv3", "conv2", "conv1"]
+    for mode in ("cascade", "independent"):
+        for r in RULES:
+            assert len(res[mode][r]) == 8
+            for step in res[mode][r]:
+                v = step["ssim"]["mean"]
+                assert v is None or -1 <= v <= 1
+    for f in ("sanity_cascade.png", "sanity_independent.png", "sanity_metrics.png", "sanity_table.md"):
+        assert os.path.getsize(tmp_path / f) > 200
+    assert "cascading" in out and "fc8..conv1" in out
+
+
+def test_sanity_check_restores_the_weights_and_randomizing_everything_decorrelates():
+    pytest.importorskip("scipy")
+    pytest.importorskip("skimage")
+    from zfscratch.experiments.attribution import sanity_check
+    net, x = _net("lrn")
+    before = net.state_dict()
+    res = sanity_check(net, x, progress=False)
+    after = net.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert res["layers"] == ["fc7", "fc6", "conv2", "conv1"]
+    # the independent step of the top layer is the first cascading step (same random draw)
+    for r in RULES:
+        assert res["cascade"][r][0] == res["independent"][r][0]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["attribute", "--layer", "flatten"], "--layer: layer 'flatten' only reshapes"),
+    (["attribute", "--layer", "nope"], "--layer: layer 'nope' is not in the net"),
+    (["attribute", "--class", "99"], "--class 99: out of range 0..9"),
+    (["attribute", "--class", "unicorn"], "--class 'unicorn': not a class of this model"),
+    (["attribute", "--layer", "relu2", "--map", "4"], "--map 4: layer relu2 has maps 0..3"),
+    (["attribute", "--layer", "relu2", "--class", "1"], "--class: picks a class logit"),
+    (["attribute", "--rule", "saliency"], "--rule 'saliency': expected one or more of deconvnet, guided, gradient"),
+    (["sanity", "--rule", "deconvnet,smoothgrad"], "--rule 'deconvnet,smoothgrad': expected one or more"),
+    (["sanity", "--n", "0"], "--n 0: expected a positive integer"),
+])
+def test_bad_input_is_one_line_exit_2(tiny_weights, tmp_path, capsys, argv, msg):
+    rc, out, err = _cli(argv[:1] + ["--weights", tiny_weights, "--data", SYN] + argv[1:] + ["--out", str(tmp_path)],
+                        capsys)
+    assert rc == 2
+    assert err.startswith("zfscratch: error: ") and msg in err, err
+    assert err.count("\n") == 1
+
+
+def test_sanity_without_the_extra_is_one_line(tiny_weights, tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails as if scipy were not installed
+    rc, out, err = _cli(["sanity", "--weights", tiny_weights, "--data", SYN, "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "pip install 'zfscratch[sanity]'" in err and err.count("\n") == 1
