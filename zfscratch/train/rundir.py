@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 from zfscratch import io as zio
@@ -29,8 +30,54 @@ def run_files(out_dir):
             "metrics_csv": j("metrics.csv"), "metrics_json": j("metrics.json"), "curve": j("curve.png")}
 
 
+#: written into ``snapshots/`` when a run creates it: only a folder holding it is ever removed whole
+SNAPSHOTS_MARKER = ".zfscratch-snapshots"
+_SNAPSHOT_RE = re.compile(r"epoch_\d{4,}\.npz\Z")
+
+
 def snapshot_path(out_dir, epoch):
-    return os.path.join(out_dir, "snapshots", f"epoch_{int(epoch):04d}.npz")
+    """``OUT/snapshots/epoch_NNNN.npz``; the folder is created with its marker (:data:`SNAPSHOTS_MARKER`)."""
+    folder = os.path.join(out_dir, "snapshots")
+    marker = os.path.join(folder, SNAPSHOTS_MARKER)
+    if not os.path.isdir(folder):
+        try:
+            os.makedirs(folder)
+            zio.atomic_write_text(marker, "snapshots of a zfscratch training run\n")
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise UserError(f"cannot create {folder}: {e.strerror or e}") from None
+    return os.path.join(folder, f"epoch_{int(epoch):04d}.npz")
+
+
+def clear_snapshots(out_dir):
+    """Remove the snapshots of a run (``--overwrite``) -- only what a run wrote.
+
+    A ``snapshots/`` folder holding our marker (and no symlinks) is removed whole; otherwise only its
+    regular ``epoch_NNNN.npz`` files are removed, and the folder itself only when that leaves it empty.
+    A folder that is not ours (or a symlink to one) is left as it is.
+    """
+    import shutil
+
+    folder = os.path.join(os.fspath(out_dir), "snapshots")
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return
+    entries = os.listdir(folder)
+    ours = SNAPSHOTS_MARKER in entries and all(
+        n == SNAPSHOTS_MARKER or (_SNAPSHOT_RE.match(n) and os.path.isfile(os.path.join(folder, n))
+                                  and not os.path.islink(os.path.join(folder, n)))
+        or n.startswith(".tmp-") for n in entries)
+    if ours:
+        shutil.rmtree(folder)
+        return
+    for n in entries:
+        p = os.path.join(folder, n)
+        if _SNAPSHOT_RE.match(n) and os.path.isfile(p) and not os.path.islink(p):
+            os.unlink(p)
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def load_checkpoint(path):

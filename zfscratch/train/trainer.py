@@ -6,7 +6,6 @@ import io as _io
 import json
 import math
 import os
-import shutil
 import time
 
 import numpy as np
@@ -22,7 +21,8 @@ from zfscratch.train.faults import FaultInjection
 from zfscratch.train.options import (DEFAULTS, METRIC_FIELDS, RESUME_MAY_CHANGE, TrainingDiverged, _check_options,
                                      _parse_augment, _parse_snapshots)
 from zfscratch.train.plots import plot_curve
-from zfscratch.train.rundir import CHECKPOINT_FORMAT, check_writable_dir, load_checkpoint, run_files, snapshot_path
+from zfscratch.train.rundir import (CHECKPOINT_FORMAT, check_writable_dir, clear_snapshots, load_checkpoint, run_files,
+                                   snapshot_path)
 from zfscratch.util.jsonio import jsonable as _jsonable
 from zfscratch.util.progress import tqdm_bar as _tqdm
 from zfscratch.util.progress import write as _log
@@ -51,8 +51,19 @@ class Trainer:
         self.world.agree(err)
         if self.world.distributed:
             self._check_ranks_agree()
+        # one training per run directory: a second process gets a UserError naming this one's pid
+        self.lock = None
+        if self.world.is_root:
+            from zfscratch.util.files import FolderLock
+            self.lock = FolderLock(self.out_dir, what="run directory").acquire()
         if self._clear_pending and self.world.is_root:
             self._clear_run()
+
+    def release(self):
+        """Release the run directory's lock (:func:`train_model` does it when the run ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _setup(self, data, cfg, backend, resume, overwrite):
         self.resume = resume
@@ -159,8 +170,7 @@ class Trainer:
         for key in ("checkpoint", "weights", "metrics_csv", "metrics_json", "curve"):
             if os.path.exists(self.files[key]):
                 os.unlink(self.files[key])
-        if os.path.isdir(self.files["snapshots"]):
-            shutil.rmtree(self.files["snapshots"])
+        clear_snapshots(self.out_dir)
 
     def _load_caches(self):
         self.train = Cached(self.train_ds, self.prep, desc="loading training images", quiet=self.quiet)
@@ -283,14 +293,19 @@ class Trainer:
     def _extra(self):
         return {} if self.prep.mean is None else {"mean": self.prep.mean}
 
+    def _kept(self):
+        """What a divergence leaves behind, for its message: only a checkpoint that exists is named."""
+        if os.path.isfile(self.files["checkpoint"]):
+            return f"the last good checkpoint {self.files['checkpoint']} is kept"
+        return "no checkpoint had been written yet (start again with --overwrite)"
+
     def _check_finite_params(self, where):
         xp = self.be.xp
         for name, p in self.net.params():
             if not bool(xp.isfinite(p).all()):
                 raise TrainingDiverged(
                     f"parameter {name} became NaN/inf at step {self.step} (epoch {self.epoch + 1}, lr "
-                    f"{self.opt.lr:g}) before {where}; training stopped, the last good checkpoint "
-                    f"{self.files['checkpoint']} is kept (try a lower --lr)")
+                    f"{self.opt.lr:g}) before {where}; training stopped, {self._kept()} (try a lower --lr)")
 
     def save_checkpoint(self):
         self._check_finite_params("writing the checkpoint")
@@ -406,9 +421,8 @@ class Trainer:
                     bar.close()
                     err = TrainingDiverged(
                         f"loss became {loss} at step {self.step + 1} (epoch {e}, batch {i + 1}/{nb}, lr "
-                        f"{self.opt.lr:g}); training stopped, the last good checkpoint "
-                        f"{self.files['checkpoint']} is kept (resume with --resume, or start again with a "
-                        f"lower --lr)")
+                        f"{self.opt.lr:g}); training stopped, {self._kept()} (resume with --resume, or start again "
+                        f"with a lower --lr)")
                     err.collective = True  # with several ranks: all saw the same all-reduced loss
                     raise err
                 if self.reducer is None:
@@ -453,7 +467,7 @@ class Trainer:
                        quiet=self.quiet, desc=f"validate {e}", world=self.world)
         if not math.isfinite(res["loss"]):
             raise TrainingDiverged(f"validation loss became {res['loss']} after epoch {e} (lr {self.opt.lr:g}); "
-                                   f"the last good checkpoint {self.files['checkpoint']} is kept")
+                                   f"{self._kept()}")
         lr_used = self.opt.lr
         annealed = self.sched.step(res["accuracy"]) if self.cfg["lr_schedule"] == "plateau" else False
         s = self.sums
@@ -575,3 +589,5 @@ def train_model(data, out_dir, model=None, epochs=None, batch=None, lr=None, bac
     except TrainingDiverged as e:
         e.collective = world.distributed  # decided on all-reduced values: every rank raises it
         raise
+    finally:
+        trainer.release()
