@@ -165,7 +165,7 @@ def test_train_writes_a_complete_run_dir(tmp_path):
     for key in ("weights", "checkpoint", "metrics_csv", "metrics_json", "curve"):
         assert os.path.isfile(res[key]), key
     assert res["epochs"] == 2 and res["steps"] == 2 * 6
-    assert sorted(os.listdir(out / "snapshots")) == ["epoch_0000.npz", "epoch_0001.npz", "epoch_0002.npz"]
+    assert sorted(os.listdir(out / "snapshots")) == [".zfscratch-snapshots", "epoch_0000.npz", "epoch_0001.npz", "epoch_0002.npz"]
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",") == list(METRIC_FIELDS) and len(rows) == 3
     summary = json.loads((out / "metrics.json").read_text())
