@@ -59,8 +59,8 @@ def _forbid_stage_calls(monkeypatch, allowed=()):
     calls = []
     real = pipeline.build_stages
 
-    def build(profile="default"):
-        stages = real(profile)
+    def build(profile="default", **kw):
+        stages = real(profile, **kw)
         for st in stages:
             if st.name in allowed:
                 f = st.func
@@ -196,8 +196,8 @@ def test_failed_stage_is_reported_and_retried(tiny_run, tmp_path, monkeypatch):
     _tiny(monkeypatch)
     real = pipeline.build_stages
 
-    def build(profile="default"):
-        stages = real(profile)
+    def build(profile="default", **kw):
+        stages = real(profile, **kw)
         for st in stages:
             if st.name == "occlusion":
                 st.func = lambda ctx, cfg: (_ for _ in ()).throw(RuntimeError("simulated failure"))

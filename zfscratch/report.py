@@ -181,7 +181,11 @@ def build_html(manifest, stages, ctx):
     m = manifest.get("machine", {})
     head = [("command", manifest.get("command", "zfscratch run")),
             ("data", manifest.get("spec", "")),
-            ("profile", f"{manifest.get('profile', '')} (budget: see the configuration of each section)"),
+            *([("model", f"{manifest['weights']} (--weights: nothing trained)")] if manifest.get("weights") else []),
+            ("profile", f"{manifest.get('profile', '')}"
+                        + (f" (options given: {', '.join(sorted(manifest['overrides']))})" if manifest.get("overrides") else "")),
+            ("profile values", "; ".join(f"{k} = {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                                         for k, v in (manifest.get("budget") or {}).items())),
             ("backend", m.get("backend", "")),
             ("this run took", f"{manifest.get('total_seconds', 0.0):.1f} s wall, "
                               f"{manifest.get('total_cpu_seconds', 0.0) or 0.0:.1f} s CPU (stages reused from "

@@ -1,11 +1,19 @@
-"""Budgets of ``zfscratch run`` (the ``default`` and ``quick`` profiles) and the data spec they imply."""
+"""Budgets of ``zfscratch run`` (the ``default``, ``quick`` and ``imagenette`` profiles), their command-line
+overrides and the data spec they imply."""
 from __future__ import annotations
 
-#: budgets of the two modes; every number here is part of the stage hashes
+from zfscratch.errors import UserError
+
+#: training recipe of the default and quick profiles (zfnet_small on 48x48 synthetic images)
+_SMALL_RECIPE = dict(model="zfnet_small", init=None, widths=None, fc=None, resize=None, warmup=0.0,
+                     lr_schedule="cosine", augment="flip,crop", architecture=True, occlusion_class=None)
+
+#: named budgets (``--profile``); every number here is part of the stage hashes, and the report's top
+#: lists the values of the chosen profile (with the command-line overrides applied)
 PROFILES = {
     "default": dict(
         size=48, n_train=3000, n_val=300, n_test=300, classes="face+house+car+flower+star+tree", max_angle=30,
-        epochs=6, batch=32, lr=0.02, dropout=0.0, snapshots=(0, 1, 2, 3, 4, 6),
+        epochs=6, batch=32, lr=0.02, dropout=0.0, snapshots=(0, 1, 2, 3, 4, 6), **_SMALL_RECIPE,
         topk_images=300, topk_maps=8, evolution_images=150, evolution_maps=1,
         reconstruct_images=4, reconstruct_eval=200, occlusion_images=3, occlusion_stride=2,
         invariance_images=5, invariance_eval=30, correspondence_images=5, correspondence_groups=3,
@@ -13,29 +21,68 @@ PROFILES = {
     ),
     "quick": dict(
         size=48, n_train=600, n_val=120, n_test=120, classes="face+house+car+flower+star+tree", max_angle=30,
-        epochs=3, batch=32, lr=0.02, dropout=0.0, snapshots=(0, 1, 3),
+        epochs=3, batch=32, lr=0.02, dropout=0.0, snapshots=(0, 1, 3), **_SMALL_RECIPE,
         topk_images=120, topk_maps=4, evolution_images=60, evolution_maps=1,
         reconstruct_images=2, reconstruct_eval=60, occlusion_images=1, occlusion_stride=4,
         invariance_images=2, invariance_eval=10, correspondence_images=4, correspondence_groups=2,
         layerwise_train=300, layerwise_test=120, layerwise_epochs=4, arch_probe=16,
     ),
+    # real photos (Imagenette, 10 ImageNet classes): the paper's zfnet layer pattern with scaled widths at
+    # 112 px (images resized to 128, random 112 crops), He initialization and a short lr warm-up (the
+    # paper's N(0, 0.01^2) leaves this deep net at chance for epochs), cosine decay, dropout 0.5
+    "imagenette": dict(
+        size=112, resize=128, model="zfnet", init="he", widths=[48, 128, 192, 192, 128], fc=1024,
+        epochs=30, batch=64, lr=0.02, dropout=0.5, warmup=0.5, lr_schedule="cosine", augment="flip,crop",
+        snapshots=(0, 1, 2, 5, 10, 20), architecture=False, occlusion_class="English springer",
+        topk_images=500, topk_maps=6, evolution_images=200, evolution_maps=1,
+        reconstruct_images=3, reconstruct_eval=100, occlusion_images=4, occlusion_stride=8,
+        invariance_images=4, invariance_eval=30, correspondence_images=5, correspondence_groups=3,
+        layerwise_train=1000, layerwise_test=500, layerwise_epochs=6, arch_probe=64,
+    ),
 }
+PROFILE_NAMES = tuple(PROFILES)
+#: profile values that ``zfscratch run`` options may override (option name = key with dashes)
+OVERRIDABLE = ("model", "size", "epochs", "batch", "lr", "dropout", "augment", "lr_schedule", "warmup", "init",
+               "resize")
+#: the overrides that only shape training (meaningless with --weights)
+TRAINING_ONLY = ("model", "epochs", "batch", "lr", "dropout", "augment", "lr_schedule", "warmup", "init")
+
 #: why the run's data and recipe differ from the paper's (shown in the report)
 BUDGET_NOTE = ("To fit a few CPU minutes the run uses 6 of the 10 synthetic classes, rotations within "
                "+-30 degrees, 48x48 inputs and no dropout; the architecture, SGD recipe (momentum, weight decay, "
                "filter renormalization, lr annealing on plateau) and every experiment are the paper's.")
 
 
+def profile_values(profile="default", overrides=None):
+    """The values of a named profile (:data:`PROFILES`) with ``overrides`` (keys of :data:`OVERRIDABLE`,
+    None values ignored) applied. Raises UserError for an unknown profile or option."""
+    if profile not in PROFILES:
+        raise UserError(f"--profile {profile!r}: expected one of {', '.join(PROFILE_NAMES)}")
+    p = dict(PROFILES[profile])
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in OVERRIDABLE:
+            raise UserError(f"--{k.replace('_', '-')}: not an option of the {profile} profile (options: "
+                            f"{', '.join('--' + o.replace('_', '-') for o in OVERRIDABLE)})")
+        p[k] = v
+    if p.get("resize") is not None and p["resize"] < p["size"]:
+        raise UserError(f"--resize {p['resize']} is smaller than --input-size {p['size']}")
+    return p
+
+
 def data_spec(data, profile):
-    """The data spec of a run: ``--data`` as given (folder and synthetic images at the profile's input
-    size unless the spec says otherwise), or the embedded synthetic data at the profile's size and counts."""
-    p = PROFILES[profile]
+    """The data spec of a run: ``--data`` as given (folder and synthetic images at the profile's image
+    size -- its ``resize``, else its input ``size`` -- unless the spec says otherwise), or the embedded
+    synthetic data at the profile's size and counts. ``profile``: a name or a values dict."""
+    p = PROFILES[profile] if isinstance(profile, str) else profile
     if not data:
         extra = "".join(f",{k}={p[k]}" for k in ("classes", "max_angle") if p.get(k) is not None)
-        return f"synthetic:n={p['n_train']},n_val={p['n_val']},n_test={p['n_test']},size={p['size']}{extra}"
+        return (f"synthetic:n={p['n_train']},n_val={p['n_val']},n_test={p['n_test']},size={p['size']}"
+                f"{extra}")
     from zfscratch.data import parse_spec
     kind, _, opts = parse_spec(data)
     if kind in ("folder", "synthetic") and "size" not in opts:
         sep = "," if ":" in data else ":"
-        return f"{data}{sep}size={p['size']}"
+        return f"{data}{sep}size={p.get('resize') or p['size']}"
     return data

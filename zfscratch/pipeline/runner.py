@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zfscratch.errors import UserError
-from zfscratch.pipeline.profiles import BUDGET_NOTE, PROFILES, data_spec
+from zfscratch.pipeline.profiles import BUDGET_NOTE, PROFILES, TRAINING_ONLY, data_spec, profile_values
 from zfscratch.pipeline.text import _q
 from zfscratch.util.jsonio import jsonable as _jsonable
 
@@ -72,6 +72,8 @@ class Stage:
     synthetic_only : skipped (with a note in the report) on data without part landmarks
     optional : run only when named in ``--stages`` (costly extras, e.g. more trainings); the report
         then says how to ask for it
+    needs_history : skipped (with a one-line note) when the report is built on ``--weights`` (no
+        training run, hence no snapshots or curves)
     """
 
     name: str
@@ -85,6 +87,7 @@ class Stage:
     render: object = None
     synthetic_only: bool = False
     optional: bool = False
+    needs_history: bool = False
 
 
 class Context:
@@ -234,14 +237,48 @@ def machine_info(backend):
     return info
 
 
+def _check_weights_fit(weights, net, meta, prep, ctx):
+    """UserError unless the model in ``weights`` can be used on ``ctx``'s data: same number of classes
+    (and the same names, when both sides name them), same number of channels, images at least as
+    large as the model's input."""
+    ds = ctx.dataset("train")
+    data_classes = [str(c) for c in (getattr(ds, "classes", None) or [])]
+    w_classes = [str(c) for c in (meta.get("classes") or [])]
+    n_out = len(w_classes) or net.config.get("num_classes")
+    if n_out is None:
+        try:
+            n_out = int(np.asarray(net.layer("fc8").params["b"]).shape[0])
+        except Exception:  # noqa: BLE001 - custom (imported) models may name their layers otherwise
+            n_out = None
+    if n_out is not None and data_classes and n_out != len(data_classes):
+        raise UserError(f"--weights {weights}: the model has {n_out} classes, the data {ctx.spec} has "
+                        f"{len(data_classes)}; expected weights trained on this data")
+    numeric = all(c.isdigit() for c in w_classes) or all(c.isdigit() for c in data_classes)
+    if w_classes and data_classes and not numeric and w_classes != data_classes:
+        diff = [f"{a} vs {b}" for a, b in zip(w_classes, data_classes) if a != b][:3]
+        raise UserError(f"--weights {weights}: its classes differ from those of {ctx.spec} ({'; '.join(diff)}); "
+                        "expected weights trained on this data")
+    first, _ = ds.get_batch([0])
+    ch = int(first.shape[-1])
+    want_ch = int(net.config.get("in_channels", 3) or 3)
+    if ch != want_ch:
+        raise UserError(f"--weights {weights}: the model takes {want_ch}-channel images, {ctx.spec} has {ch}")
+    h, w = first.shape[1:3]
+    if min(h, w) < prep.input_size:
+        raise UserError(f"--weights {weights}: the model's input is {prep.input_size}x{prep.input_size} px, the "
+                        f"images of {ctx.spec} are {h}x{w}; expected images at least as large (drop size= from "
+                        "--data, or use weights trained at this size)")
+
+
 def run_pipeline(out="report", quick=False, backend=None, data=None, force=False, stages=None, progress=True,
-                 log=None, command=None, *, build):
+                 log=None, command=None, profile=None, weights=None, overrides=None, architecture=None,
+                 *, build):
     """Run (or resume) the main job and write ``OUT/index.html``.
 
     Parameters
     ----------
     out : output directory (stage folders, ``manifest.json``, ``index.html``)
-    quick : the ``quick`` profile (about a minute) instead of ``default``
+    quick : the ``quick`` profile (an alias of ``profile="quick"``)
     backend : backend name or Backend (default: ``$ZFSCRATCH_BACKEND`` or auto)
     data : data spec (default: the embedded synthetic data)
     force : recompute the stages named in ``stages`` (every stage when ``stages`` is None)
@@ -251,35 +288,78 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
     command : the command line shown in the report (default: reconstructed from the arguments)
     build : ``build(profile) -> [Stage]``, the job's stages (:func:`zfscratch.pipeline.build_stages`; the
         package's :func:`zfscratch.pipeline.run_pipeline` passes it)
+    profile : "default" (a few minutes on 2 cores), "quick" (about a minute) or "imagenette" (real
+        photos, see :data:`PROFILES`)
+    weights : build the report on this weights file (trained by ``zfscratch train`` or imported from
+        ONNX) instead of training: no training stage, the evolution section (which needs the
+        training snapshots) says so, the architecture comparison runs only when asked
+    overrides : {key: value} for keys of :data:`OVERRIDABLE` (``model``, ``size`` (input size),
+        ``epochs``, ``batch``, ``lr``, ``dropout``, ``augment``, ``lr_schedule``, ``warmup``, ``init``,
+        ``resize``); they go into the training stage's configuration, hence its hash
+    architecture : True/False forces the architecture comparison on/off (default: the profile's)
 
     Returns
     -------
     the manifest dict (``stages``: name -> status, hash, seconds, result, ...), plus ``report`` (the
     HTML path) and ``failed`` (names of failed stages).
+
+    Raises
+    ------
+    UserError
+        bad options, data or weights; raised before anything in ``out`` is written.
     """
     from zfscratch.backend import BackendError, get_backend
     from zfscratch.report import write_report
     from zfscratch.train import check_writable_dir
     log = log or (lambda msg: print(msg, flush=True))
-    profile = "quick" if quick else "default"
+    if quick and profile not in (None, "quick"):
+        raise UserError(f"--quick is the quick profile; it cannot be combined with --profile {profile}")
+    profile = "quick" if quick else (profile or "default")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values = profile_values(profile, overrides)
+    if architecture is not None:
+        values["architecture"] = bool(architecture)
     try:
         be = get_backend(backend)
     except BackendError as e:
         raise UserError(f"--backend: {e}") from None
-    spec = data_spec(data, profile)
+    wnet = wmeta = wprep = None
+    if weights is not None:
+        bad = [k for k in TRAINING_ONLY + ("size", "resize") if k in overrides]
+        if bad:
+            raise UserError(f"--{'input-size' if bad[0] == 'size' else bad[0].replace('_', '-')}: the report on "
+                            "--weights trains nothing (the model's own input size and preprocessing are used); "
+                            "drop the option or the --weights")
+        weights = os.path.abspath(os.fspath(weights))
+        from zfscratch.io import load_weights
+        from zfscratch.preprocess import Preprocess
+        if not os.path.isfile(weights):
+            raise UserError(f"--weights {weights}: no such file (expected a zfscratch weights .npz)")
+        wnet, wmeta = load_weights(weights)
+        wprep = Preprocess.from_meta(wmeta)
+        values.update(size=wprep.input_size, resize=wprep.resize, model=wnet.config.get("arch"),
+                      architecture=bool(architecture))
+    spec = data_spec(data, values)
     out = os.path.abspath(os.fspath(out))
-    check_writable_dir(out)
-    all_stages = build(profile)
-    wanted, forced = _select(all_stages, stages, force)
     ctx = Context(out, spec, be, profile, progress=progress, log=log)
+    if weights is not None:
+        _check_weights_fit(weights, wnet, wmeta, wprep, ctx)
+        del wnet
+    check_writable_dir(out)
+    shown = dict(values)
+    if weights is not None:  # the profile's training values only shape the (optional) architecture twin
+        shown = {k: v for k, v in values.items() if k not in TRAINING_ONLY + ("snapshots",) or k == "model"}
+    all_stages = build(values, weights=weights)
+    wanted, forced = _select(all_stages, stages, force)
     manifest = load_manifest(out)
     if command is None:
-        command = _default_command(out, quick, be, backend, data, force)
+        command = _default_command(out, quick, be, backend, data, force, profile, weights, overrides)
     manifest.update(format=MANIFEST_FORMAT, version=PIPELINE_VERSION, profile=profile, spec=spec,
-                    command=command, machine=machine_info(be), budget=PROFILES[profile],
-                    budget_note=BUDGET_NOTE if not data else None)
+                    command=command, machine=machine_info(be), budget=_jsonable(shown), overrides=overrides,
+                    weights=weights,
+                    budget_note=BUDGET_NOTE if not data and not weights and profile in ("default", "quick") else None)
     manifest.setdefault("stages", {})
-    run = _Run(ctx, manifest, wanted, forced)
+    run = _Run(ctx, manifest, wanted, forced, weights=weights)
     t_all, c_all = time.perf_counter(), time.process_time()
     run_list = [s for s in all_stages if s.name in wanted]
     log(f"zfscratch run: {len(run_list)} stages, profile {profile}, data {spec}, backend {be.name}, output {out}")
@@ -319,20 +399,24 @@ def _select(all_stages, stages, force):
     return wanted, forced
 
 
-def _default_command(out, quick, be, backend, data, force):
+def _default_command(out, quick, be, backend, data, force, profile="default", weights=None, overrides=None):
     """The ``zfscratch run`` command line that reproduces these arguments (shown in the report)."""
     rel = os.path.relpath(out)
-    return ("zfscratch run" + (f" --out {_q(rel)}" if rel != "report" else "") + (" --quick" if quick else "")
-            + (f" --backend {be.name}" if backend else "") + (f" --data {_q(data)}" if data else "")
-            + (" --force" if force else ""))
+    opts = "".join(f" --{'input-size' if k == 'size' else k.replace('_', '-')} "
+                   f"{','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in (overrides or {}).items())
+    return ("zfscratch run" + (f" --out {_q(rel)}" if rel != "report" else "")
+            + (" --quick" if quick else (f" --profile {profile}" if profile not in (None, "default") else ""))
+            + (f" --backend {be.name}" if backend else "") + (f" --weights {_q(weights)}" if weights else "")
+            + (f" --data {_q(data)}" if data else "") + opts + (" --force" if force else ""))
 
 
 class _Run:
     """One pass over the stages: decides per stage whether to run, reuse or skip it, records the outcome
     in the manifest (saved after every stage) and keeps the run tokens that chain the hashes."""
 
-    def __init__(self, ctx, manifest, wanted, forced):
+    def __init__(self, ctx, manifest, wanted, forced, weights=None):
         self.ctx, self.manifest, self.wanted, self.forced = ctx, manifest, wanted, forced
+        self.weights = weights
         self.entries = manifest["stages"]
         self.last = manifest["last_run"] = {}
         self.tokens = {n: e.get("token") for n, e in self.entries.items()}
@@ -360,8 +444,11 @@ class _Run:
             self.last[st.name] = "reused"
             log(f"{head} reused (computed {entry.get('finished', '?')} in {entry.get('seconds', 0):.1f} s)")
             return
-        elif st.synthetic_only and not ctx.synthetic:
-            res = {"skipped": f"needs part landmarks, which only the synthetic data has (data: {ctx.spec})"}
+        elif (st.synthetic_only and not ctx.synthetic) or (st.needs_history and self.weights):
+            res = {"skipped": f"needs part landmarks, which only the synthetic data has (data: {ctx.spec})"
+                   if st.synthetic_only and not ctx.synthetic else
+                   "needs the training history (the snapshots of a zfscratch train run), which a report on "
+                   "--weights does not have"}
             self._record(st.name, {"hash": h, "status": "skipped", "token": h, "result": res, "files": [],
                                    "seconds": 0.0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, "skipped", h)
             ctx.results[st.name] = res

@@ -29,9 +29,17 @@ SECTIONS = [
 ]
 
 
-def build_stages(profile="default"):
-    """The stages of ``zfscratch run`` for a profile (see :data:`PROFILES`), in order."""
-    p = PROFILES[profile]
+def build_stages(profile="default", weights=None):
+    """The stages of ``zfscratch run`` for a profile (a name of :data:`PROFILES`, or a values dict from
+    :func:`zfscratch.pipeline.profiles.profile_values`), in order. With ``weights`` (a weights file) the
+    training stage takes that model as it is, and the sections that need training history say so."""
+    p = PROFILES[profile] if isinstance(profile, str) else profile
     budget = dict(epochs=p["epochs"], batch=p["batch"], lr=p["lr"], size=p["size"], seed=0,
                   dropout=p.get("dropout", 0.5))
-    return [mod.section(p, budget) for mod in SECTIONS]
+    stages = []
+    for mod in SECTIONS:
+        st = mod.section(p, budget, weights=weights) if mod is train else mod.section(p, budget)
+        if mod is architecture:
+            st.optional = not p.get("architecture", True)
+        stages.append(st)
+    return stages

@@ -39,4 +39,4 @@ def section(p, budget):
         dict(images=p["evolution_images"], maps_per_layer=p["evolution_maps"]), "Fig 4",
         "The strongest projection of a few maps at each saved epoch. Lower layers settle within a few epochs; "
         "upper layers keep changing until late in training.",
-        cmds_evolution, render_evolution)
+        cmds_evolution, render_evolution, needs_history=True)

@@ -7,9 +7,15 @@ from zfscratch.pipeline.runner import Stage
 from zfscratch.pipeline.text import _backend_opt, _fmt, _q
 
 
-def _occlusion_indices(ds, n):
-    """The first image of each of the first ``n`` classes (different classes make a better figure)."""
+def _occlusion_indices(ds, n, class_name=None):
+    """The first ``n`` images of ``class_name`` when the data has that class (the paper's Fig 7 covers a
+    dog's face), else the first image of each of the first ``n`` classes (a more varied figure)."""
     labels = np.asarray(ds.labels() if callable(getattr(ds, "labels", None)) else ds.labels)
+    classes = [str(c) for c in (getattr(ds, "classes", None) or [])]
+    if class_name and class_name in classes:
+        idx = np.nonzero(labels == classes.index(class_name))[0][:n]
+        if idx.size:
+            return [int(i) for i in idx]
     out = []
     for c in np.unique(labels):
         out.append(int(np.nonzero(labels == c)[0][0]))
@@ -26,7 +32,7 @@ def stage_occlusion(ctx, cfg):
     patch = int(cfg["patch"])
     out = ctx.dir("occlusion")
     items = []
-    indices = _occlusion_indices(ds, cfg["images"])
+    indices = _occlusion_indices(ds, cfg["images"], cfg.get("class"))
     per = occluder_positions(S.input_size(net), patch, cfg["stride"]).size ** 2
     bar = S.progress_bar(per * len(indices), f"occlusion of {len(indices)} images", ctx.progress, unit="pos")
     try:  # incremental engine (the default): only what each occluder changes is recomputed
@@ -69,7 +75,7 @@ def cmds_occlusion(ctx, cfg):
     cmds = []
     try:
         _, ds = ctx.test()
-        idx = _occlusion_indices(ds, cfg["images"])
+        idx = _occlusion_indices(ds, cfg["images"], cfg.get("class"))
     except Exception:  # noqa: BLE001 - commands are informative
         idx = [0]
     cmds.append(f"zfscratch occlude --weights {_q(ctx.cmd(ctx.weights))} --data {_q(ctx.spec)} --split {split} "
@@ -82,7 +88,8 @@ def section(p, budget):
     """This section's :class:`~zfscratch.pipeline.runner.Stage` for the profile settings ``p``
     (:data:`zfscratch.pipeline.profiles.PROFILES`) and the shared training ``budget``."""
     return Stage("occlusion", "Occlusion sensitivity", stage_occlusion, ("train",),
-        dict(images=p["occlusion_images"], stride=p["occlusion_stride"], patch=max(2, round(p["size"] / 4))),
+        dict(images=p["occlusion_images"], stride=p["occlusion_stride"], patch=max(2, round(p["size"] / 4)),
+             **({"class": p["occlusion_class"]} if p.get("occlusion_class") else {})),
         "Fig 7",
         "A grey square slid over the image. If the model uses the object, P(true class) drops when the object "
         "(not the background) is covered, and the strongest layer-5 map's activation drops over its part.",
