@@ -325,3 +325,112 @@ def test_cli_quick_run_and_rerun(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0
     assert r2.stdout.count("reused") == len(STAGES)
+
+
+# ----------------------------------------------------------------------------- real-photo-like folders
+def _photo_folder(root):
+    """A tiny folder as users keep real photos: train/ and val/ with WordNet-id class folders, a
+    classes.txt (index wnid name), a greyscale image and upper-case .JPEG files."""
+    from PIL import Image
+    from zfscratch.data.synthetic import SyntheticDataset
+    ds = SyntheticDataset(n=30, size=56, seed=5, classes=["face", "house", "star"])
+    imgs, labels = ds.get_batch(np.arange(30))
+    wnids = {"face": "n02102040", "house": "n03028079", "star": "n01440764"}
+    names = {"n01440764": "tench", "n02102040": "English springer", "n03028079": "church"}
+    for i, (img, lab) in enumerate(zip(imgs, labels)):
+        split = "val" if i % 3 == 0 else "train"
+        d = root / split / wnids[ds.classes[lab]]
+        d.mkdir(parents=True, exist_ok=True)
+        if i == 1:
+            Image.fromarray(img).convert("L").save(d / f"grey{i:03d}.jpg")
+        else:
+            Image.fromarray(img).save(d / f"img{i:03d}.JPEG", quality=95)
+    (root / "classes.txt").write_text("".join(f"{k} {w} {names[w]}\n" for k, w in enumerate(sorted(names))))
+    return root
+
+
+@pytest.mark.slow
+def test_photo_folder_through_run_quick_and_run_weights(tmp_path, monkeypatch, capsys):
+    _tiny(monkeypatch)
+    root = _photo_folder(tmp_path / "photos")
+    out = tmp_path / "trained"
+    rc = main(["run", "--quick", "--backend", "numpy", "--quiet", "--out", str(out), "--data", f"folder:{root}",
+               "--epochs", "2", "--lr", "0.01"])
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["profile"] == "quick" and m["overrides"] == {"epochs": 2, "lr": 0.01}
+    assert m["stages"]["train"]["config"]["epochs"] == 2 and m["stages"]["train"]["result"]["epochs"] == 2
+    html = _html(out)
+    assert "English springer" in html and "church" in html and "tench" in html   # display names, not wnids
+    assert "profile values" in html and "epochs = 2" in html
+    weights = out / "train" / "weights.npz"
+    # the report on those weights: no training, evolution says why, architecture not run
+    out2 = tmp_path / "on_weights"
+    rc = main(["run", "--backend", "numpy", "--quiet", "--out", str(out2), "--weights", str(weights),
+               "--data", f"folder:{root}"])
+    assert rc == 0
+    m2 = json.loads((out2 / "manifest.json").read_text())
+    st = m2["stages"]
+    assert st["train"]["status"] == "done" and st["train"]["result"]["source"] == str(weights)
+    assert st["evolution"]["status"] == "skipped" and "training history" in st["evolution"]["result"]["skipped"]
+    assert "architecture" not in st and st["occlusion"]["status"] == "done" and st["topk"]["status"] == "done"
+    assert m2["spec"] == f"folder:{root},size=48"                    # the weights' own image size
+    assert "Model (existing weights)" in _html(out2)
+    capsys.readouterr()
+    # bad input: one line, exit 2, nothing overwritten
+    before = (out2 / "manifest.json").read_bytes()
+    for args in (["--weights", str(root / "classes.txt")], ["--weights", str(weights), "--epochs", "3"],
+                 ["--weights", str(weights), "--data", "synthetic"], ["--profile", "imagenet"],
+                 ["--quick", "--profile", "imagenette"], ["--weights", str(weights), "--data", f"folder:{root},size=20"]):
+        rc = main(["run", "--out", str(out2), "--data", f"folder:{root}", *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("zfscratch: error:") and err.count("\n") == 1, (args, err)
+    assert (out2 / "manifest.json").read_bytes() == before
+
+
+def test_profiles_list_their_values_and_reject_unknown_options():
+    from zfscratch.errors import UserError
+    from zfscratch.pipeline.profiles import PROFILE_NAMES, profile_values
+    assert set(PROFILE_NAMES) >= {"default", "quick", "imagenette"}
+    v = profile_values("imagenette", {"epochs": 3})
+    assert v["epochs"] == 3 and v["model"] == "zfnet" and v["init"] == "he" and v["occlusion_class"] == "English springer"
+    assert pipeline.data_spec("folder:/x", v) == "folder:/x,size=128"   # resized to 128, 112 crops
+    with pytest.raises(UserError, match="--n-train"):
+        profile_values("default", {"n_train": 5})
+    with pytest.raises(UserError, match="--profile"):
+        profile_values("huge")
+    a = {s.name: s for s in pipeline.build_stages(profile_values("imagenette", {"lr": 0.05}))}
+    b = {s.name: s for s in pipeline.build_stages("imagenette")}
+    assert pipeline.stage_hash(a["train"], "x", {}) != pipeline.stage_hash(b["train"], "x", {})
+    assert a["train"].config["init"] == "he" and a["architecture"].optional
+
+
+IMAGENETTE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "shared", "data", "imagenette2-224.tar.gz")
+
+
+@pytest.mark.slow
+def test_real_imagenette_sample_loads_with_names(tmp_path):
+    """A few real Imagenette photos (greyscale ones included) through the folder loader, with names."""
+    import tarfile
+    if not os.path.isfile(IMAGENETTE):
+        pytest.skip(f"{IMAGENETTE} is not available")
+    from zfscratch.data import open_dataset
+    root = tmp_path / "imagenette2-224"
+    counts = {}
+    with tarfile.open(IMAGENETTE, "r:gz") as tar:
+        for mem in tar:
+            parts = mem.name.split("/")
+            if mem.isfile() and len(parts) == 2 and parts[1] == "classes.txt":
+                tar.extract(mem, tmp_path, filter="data")
+            elif mem.isfile() and len(parts) == 4 and parts[1] in ("train", "val"):
+                key = (parts[1], parts[2])
+                if counts.get(key, 0) < 2:
+                    counts[key] = counts.get(key, 0) + 1
+                    tar.extract(mem, tmp_path, filter="data")
+            if len(counts) == 20 and all(v == 2 for v in counts.values()) and (root / "classes.txt").exists():
+                break
+    ds = open_dataset(f"folder:{root},size=64", "val")
+    assert "English springer" in ds.classes and len(ds.classes) == 10 and ds.folders[1] == "n02102040"
+    x, _ = ds.get_batch(range(len(ds)))
+    assert x.shape[1:] == (64, 64, 3) and x.dtype == np.uint8

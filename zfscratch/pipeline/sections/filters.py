@@ -22,7 +22,8 @@ def stage_filters(ctx, cfg):
     rms = np.sqrt((w.reshape(w.shape[0], -1) ** 2).mean(1))
     res = {"figure": path, "shape": list(w.shape), "rms_max": float(rms.max()), "rms_mean": float(rms.mean()),
            "dead_fraction": st["dead_fraction"], "hf_energy": st["hf_energy"], "snapshots": []}
-    snaps = list_snapshots(ctx.dir("train"))
+    # a report on --weights has no snapshots: then only the trained filters are shown
+    snaps = list_snapshots(ctx.dir("train")) if os.path.isdir(os.path.join(ctx.dir("train"), "snapshots")) else []
     if snaps:
         e0, p0 = snaps[0]
         n0, _ = load_weights(p0)
