@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hostile_util import assert_refused
+from hostile_util import assert_refused, run_cli
 from zfscratch import io as zio
 from zfscratch import models
 
@@ -74,3 +74,33 @@ def test_broken_pipe_is_quiet(tmp_path):
     err = p.stderr.read().decode()
     p.wait(timeout=60)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("opt,value,words", [
+    ("--conv1", "7,0,3", "conv1 stride"), ("--fc", "0", "fc"), ("--widths", "0,64,96,96,64", "widths[0]"),
+    ("--seed", "-1", "--seed"), ("--weight-decay", "nan", "--weight-decay"), ("--momentum", "nan", "--momentum"),
+])
+def test_train_options_one_line(tmp_path, opt, value, words):
+    f = _folder(tmp_path, size=32)
+    assert_refused(_train(f, opt, value), tmp_path, [words], out=tmp_path / "run")
+
+
+def test_single_class_folder_refused(tmp_path):
+    f = _folder(tmp_path, classes=("only",), size=32)
+    assert_refused(_train(f), tmp_path, ["1 class", "at least 2"], out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_mathtext_class_name_and_topk_layouts(tmp_path):
+    from zfscratch.train import train_model
+    f = _folder(tmp_path, classes=("$\\foo$", "b"), size=32)
+    train_model(f"folder:{f}", tmp_path / "run", epochs=1, batch=4, quiet=True, backend="numpy")
+    r = run_cli(["evaluate", "--weights", "run/weights.npz", "--data", f"folder:{f.name}", "--split", "train"],
+                cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "confusion_train.png").stat().st_size > 0
+    for k in (2, 5, 6):
+        r = run_cli(["visualize", "--weights", "run/weights.npz", "--data", f"folder:{f.name}", "--k", str(k),
+                     "--out", f"v{k}", "--layers", "conv1", "--quiet"], cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert (tmp_path / f"v{k}" / "topk_conv1.png").exists()

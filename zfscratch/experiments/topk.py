@@ -427,8 +427,9 @@ def topk_figure(name, rec, path, k=9, scope="image", ncols=4, title=None, n_imag
         ox = q * (cell_w + 3 * gap) + gap
         projs = rec["proj"][mi]
         disp = to_tiles(projs, scope)
-        pgrid = np.full((k, t, t, 3), 0.5)
-        igrid = np.ones((k, t, t, 3))
+        # side x side cells whatever k is (k = 2, 5, 6 leave the last cells blank)
+        pgrid = np.full((side * side, t, t, 3), 0.5)
+        igrid = np.ones((side * side, t, t, 3))
         for j in range(len(projs)):
             pgrid[j] = viz.fit_tile(viz.upscale(disp[j], z), t, fill=0.5)
             igrid[j] = viz.fit_tile(viz.upscale(rec["patches"][mi][j], z), t, fill=1.0)

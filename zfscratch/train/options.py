@@ -70,10 +70,13 @@ def _check_options(cfg):
     for k in ("lr", "scale"):
         if not (isinstance(cfg[k], (int, float)) and math.isfinite(cfg[k]) and cfg[k] > 0):
             raise UserError(f"--{k} {cfg[k]}: expected a positive number")
-    if not 0 <= cfg["momentum"] < 1:
+    if not 0 <= cfg["momentum"] < 1:  # NaN fails every comparison: refused too
         raise UserError(f"--momentum {cfg['momentum']}: expected a value in [0, 1)")
-    if cfg["weight_decay"] < 0:
-        raise UserError(f"--weight-decay {cfg['weight_decay']}: expected >= 0")
+    if not (math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
+        raise UserError(f"--weight-decay {cfg['weight_decay']}: expected a finite number >= 0")
+    sd = cfg.get("seed")
+    if sd is not None and (isinstance(sd, bool) or not isinstance(sd, (int, np.integer)) or not 0 <= sd < 2 ** 32):
+        raise UserError(f"--seed {sd}: expected an integer in [0, 2**32)")
     if not 0 < cfg["lr_factor"] < 1:
         raise UserError(f"--lr-factor {cfg['lr_factor']}: expected a value in (0, 1)")
     if cfg["pad"] < 0:

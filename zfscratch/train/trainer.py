@@ -114,6 +114,9 @@ class Trainer:
             if lab.size and (lab.min() < 0 or lab.max() >= k):
                 raise UserError(f"{name} data {_describe(ds)}: labels span [{lab.min()}, {lab.max()}], "
                                 f"expected 0..{k - 1} for {k} classes")
+        if k < 2:  # one class trains to a meaningless "100 %"
+            raise UserError(f"training data {data if isinstance(data, str) else _describe(self.train_ds)} has "
+                            f"{k} class; at least 2 classes are needed")
         self.num_classes = k
         self.backend_name = backend
 

@@ -17,9 +17,16 @@ def new_figure(width, height, dpi=100, layout=None):
 
 def png_bytes(fig, dpi=None, tight=True):
     """``fig`` rendered as PNG bytes; ``tight`` crops to the drawn area (``bbox_inches="tight"``)."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    # labels come from outside (class folder names such as "$\\foo$"): never parse them as mathtext
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
     buf = _io.BytesIO()
     kw = dict(bbox_inches="tight", pad_inches=0.1) if tight else {}
-    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, **kw)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig.savefig(buf, format="png", dpi=dpi or fig.dpi, **kw)
     return buf.getvalue()
 
 
