@@ -18,6 +18,7 @@ PROFILES = {
         reconstruct_images=4, reconstruct_eval=200, occlusion_images=3, occlusion_stride=2,
         invariance_images=5, invariance_eval=30, correspondence_images=5, correspondence_groups=3,
         layerwise_train=1500, layerwise_test=300, layerwise_epochs=8, arch_probe=64,
+        attribution_images=3, sanity_images=50,
     ),
     "quick": dict(
         size=48, n_train=600, n_val=120, n_test=120, classes="face+house+car+flower+star+tree", max_angle=30,
@@ -26,6 +27,7 @@ PROFILES = {
         reconstruct_images=2, reconstruct_eval=60, occlusion_images=1, occlusion_stride=4,
         invariance_images=2, invariance_eval=10, correspondence_images=4, correspondence_groups=2,
         layerwise_train=300, layerwise_test=120, layerwise_epochs=4, arch_probe=16,
+        attribution_images=2, sanity_images=16,
     ),
     # real photos (Imagenette, 10 ImageNet classes): the paper's zfnet layer pattern with scaled widths at
     # 112 px (images resized to 128, random 112 crops), He initialization and a short lr warm-up (the

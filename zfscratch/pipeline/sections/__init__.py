@@ -7,9 +7,9 @@ Adding a section: write ``sections/<name>.py`` with ``stage_<name>(ctx, cfg)``, 
 from __future__ import annotations
 
 from zfscratch.pipeline.profiles import PROFILES
-from zfscratch.pipeline.sections import (architecture, correspondence, data, evaluate, evolution, filters,
-                                         invariance, layerwise, normalization, occlusion, reconstruct, topk,
-                                         train)
+from zfscratch.pipeline.sections import (architecture, attribution, correspondence, data, evaluate, evolution,
+                                         filters, invariance, layerwise, normalization, occlusion, reconstruct,
+                                         sanity, topk, train)
 
 #: the sections of the report, in the order they run and appear
 SECTIONS = [
@@ -21,6 +21,8 @@ SECTIONS = [
     evolution,
     reconstruct,
     occlusion,
+    attribution,
+    sanity,
     invariance,
     correspondence,
     layerwise,
