@@ -121,9 +121,10 @@ def plot_attribution(images, maps, row_labels, path, title=None, rules=RULES):
     """Figure: per row an image (H, W, 3 in [0, 1]), each rule's signed map and each rule's magnitude."""
     n = len(images)
     cols = 1 + 2 * len(rules)
-    fig = S.figure(1.45 * cols, 1.55 * n + 0.9)
-    gs = fig.add_gridspec(n, cols, left=0.02, right=0.98, top=1 - 0.45 / (1.55 * n + 0.9),
-                          bottom=0.55 / (1.55 * n + 0.9), wspace=0.05, hspace=0.25)
+    height = 1.55 * n + 1.1
+    fig = S.figure(1.45 * cols, height)
+    gs = fig.add_gridspec(n, cols, left=0.02, right=0.98, top=1 - 0.78 / height, bottom=0.3 / height,
+                          wspace=0.05, hspace=0.25)
     from zfscratch.viz import to_display
     for i in range(n):
         ax = fig.add_subplot(gs[i, 0])
@@ -145,7 +146,7 @@ def plot_attribution(images, maps, row_labels, path, title=None, rules=RULES):
             if i == 0:
                 ax.set_title(f"{TITLES[r]}\n|r|", fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, y=1 - 0.08 / height)
     fig.text(0.01, 0.005, "signed: 0.5 + 0.5*r/max|r| per map (grey = 0, RGB, sign kept); |r|: " + ABS_CAPTION
              + ". Unit seed (value 1) at the chosen unit.", fontsize=6, va="bottom", ha="left", wrap=True)
     return S.save_figure(fig, path, dpi=110)
