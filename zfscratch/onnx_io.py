@@ -193,6 +193,10 @@ class _Importer:
         if h != w:
             raise UserError(f"{self.src}: input {self.input_name!r} is {h}x{w}; only square inputs are "
                             f"supported")
+        from zfscratch.models import MAX_INPUT_SIZE
+        if not 1 <= int(h) <= MAX_INPUT_SIZE or (c is not None and not 1 <= int(c) <= 64):
+            raise UserError(f"{self.src}: input {self.input_name!r} is {c}x{h}x{w}; at most 64 channels of "
+                            f"{MAX_INPUT_SIZE}x{MAX_INPUT_SIZE} pixels are supported (refused before allocating)")
         self.in_channels, self.input_size = c, int(h)
         self.shape = (1, c, h, w)
 
@@ -337,6 +341,9 @@ class _Importer:
         dil = list(a.get("dilations", [1, 1]))
         if any(d != 1 for d in dil):
             self.fail(node, idx, f"dilations {dil}: only dilation 1 is supported")
+        from zfscratch.net import MAX_KERNEL
+        if not 1 <= int(ks[0]) <= MAX_KERNEL or not 1 <= int(st[0]) <= MAX_KERNEL:
+            self.fail(node, idx, f"kernel_shape {ks} strides {st}: expected kernel and stride in [1, {MAX_KERNEL}]")
         return int(ks[0]), int(st[0])
 
     # -- operators --------------------------------------------------------------------------

@@ -68,26 +68,28 @@ def cmd_import(args):
     from zfscratch.io import save_weights
     from zfscratch.models import input_shape
 
+    lines = []
+    say = lines.append
     model = onnx_io.read_model(args.model)
     net, meta = onnx_io.import_model(model, source=args.model, input_size=args.input_size, labels=args.labels,
                                      mean=args.mean, scale=args.scale, std=args.std, bgr=args.bgr or None)
     src, pre = meta["source"], meta["preprocessing"]
     c, s, _ = input_shape(net)
     soft = " (softmax; imported as logits)" if src["softmax_output"] else ""
-    print(f"{args.model}: opset {src['opset']}, producer {src['producer'] or '?'}, input {src['input']!r} "
+    say(f"{args.model}: opset {src['opset']}, producer {src['producer'] or '?'}, input {src['input']!r} "
           f"({c}x{s}x{s}), output {src['output']!r}{soft}")
-    print(net.summary((1, c, s, s)))
+    say(net.summary((1, c, s, s)))
     mean = (meta.get("extra") or {}).get("mean")
     if mean is None:
         mean_txt = "none"
     else:
         mean_txt = ", ".join(f"{v:g}" for v in mean) if mean.ndim == 1 else f"image {mean.shape}"
     std = pre.get("std_folded_into_conv1")
-    print(f"preprocessing: RGB, resize {pre.get('resize')}, centre crop {s}, mean {mean_txt}, "
+    say(f"preprocessing: RGB, resize {pre.get('resize')}, centre crop {s}, mean {mean_txt}, "
           f"scale {pre.get('scale'):g}" + (f", std {std} folded into conv1" if std else "")
           + (", BGR model: conv1 input channels reversed" if args.bgr else ""))
     if mean is None and args.mean is None and args.scale is None:
-        print("note: no --mean/--scale given: images go in as raw 0..255 RGB values; see docs/onnx.md for "
+        say("note: no --mean/--scale given: images go in as raw 0..255 RGB values; see docs/onnx.md for "
               "the preprocessing of the model zoo's networks")
     if args.verify:
         rng = np.random.default_rng(0)
@@ -99,13 +101,15 @@ def cmd_import(args):
             v = np.ascontiguousarray(v[:, ::-1])
         err = _ort_check(onnx_io.drop_final_softmax(model).SerializeToString(), net, x, v, False)
         if err is not None:
-            print(f"check against onnxruntime on a random input: max relative error of the logits {err:.2e}")
+            say(f"check against onnxruntime on a random input: max relative error of the logits {err:.2e}")
             if not err < 1e-3:
                 from zfscratch.errors import UserError
                 raise UserError(f"{args.model}: the imported network disagrees with onnxruntime (max relative "
                                 f"error {err:.2e}); nothing written")
     save_weights(args.out, net, meta={k: v for k, v in meta.items() if k != "extra"}, extra=meta.get("extra"))
-    print(f"wrote {args.out} ({len(meta['classes'])} classes)")
+    say(f"wrote {args.out} ({len(meta['classes'])} classes)")
+    # printed only now: a reader that leaves early (``| head``) cannot stop the weights being written
+    print("\n".join(lines))
     return 0
 
 
