@@ -96,9 +96,9 @@ def attribute(net, x, layer=None, units=None, rules=RULES, budget=deconv.ROW_BUD
     logit = logits_layer(net)
     name = logit if layer is None else deconv.start_layer_name(net, layer)
     n = int(x.shape[0])
-    act = S.forward_layers(net, x, [name], logits=False)[name]
-    c = act.shape[1]
-    if units is None:
+    c = dict(net.output_shapes((1,) + tuple(x.shape[1:])))[name][1]
+    if units is None:  # a forward pass only to choose the units
+        act = S.forward_layers(net, x, [name], logits=False)[name]
         strength = act if act.ndim == 2 else act.reshape(n, c, -1).max(axis=2)
         units = np.argmax(strength, axis=1)
     units = np.broadcast_to(np.asarray(units, dtype=np.int64), (n,)).copy()
