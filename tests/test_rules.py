@@ -492,3 +492,17 @@ def test_sanity_without_the_extra_is_one_line(tiny_weights, tmp_path, capsys, mo
     monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails as if scipy were not installed
     rc, out, err = _cli(["sanity", "--weights", tiny_weights, "--data", SYN, "--out", str(tmp_path)], capsys)
     assert rc == 2 and "pip install 'zfscratch[sanity]'" in err and err.count("\n") == 1
+
+
+def test_attribute_reads_an_image_file(tiny_weights, tmp_path, capsys):
+    from PIL import Image
+    img = (np.random.default_rng(0).random((37, 29, 3)) * 255).astype(np.uint8)  # odd size, not the input size
+    Image.fromarray(img).save(tmp_path / "photo.png")
+    rc, out, err = _cli(["attribute", "--weights", tiny_weights, "--image", str(tmp_path / "photo.png"),
+                         "--layer", "fc7", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    res = json.load(open(tmp_path / "o" / "attribute.json"))
+    assert res["layer"] == "fc7" and not res["is_class"] and res["label"] is None
+    rc, out, err = _cli(["attribute", "--weights", tiny_weights, "--image", str(tmp_path / "missing.png"),
+                         "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and err.count("\n") == 1
