@@ -74,3 +74,29 @@ def test_second_training_into_one_run_dir_refused(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def _checkpointed(tmp_path):
+    _folder(tmp_path)
+    r = run_cli(TRAIN, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp_path / "run" / "checkpoint.npz"
+
+
+def test_resume_refuses_damaged_checkpoints_and_changed_classes(tmp_path):
+    from zfscratch import io as zio
+    ck = _checkpointed(tmp_path)
+    arrays, meta = zio.load_npz(ck)
+    resume = ["train", "--resume", "--out", "run", "--epochs", "2", "--quiet", "--backend", "numpy"]
+    cases = [
+        ({k: v for k, v in meta.items() if k != "iterator"}, arrays, "damaged"),
+        ({**meta, "dropout_rng": "not a state"}, arrays, "damaged"),
+        (meta, {**arrays, next(k for k in arrays if k.startswith("param/")):
+                np.full_like(arrays[next(k for k in arrays if k.startswith("param/"))], np.nan)}, "NaN"),
+    ]
+    for m, a, words in cases:
+        zio.atomic_savez(ck, a, m)
+        assert_refused(resume, tmp_path, ["checkpoint", words], out=tmp_path / "run", timeout=300)
+    zio.atomic_savez(ck, arrays, meta)
+    os.rename(tmp_path / "imgs" / "b", tmp_path / "imgs" / "c")  # a renamed class would remap labels
+    assert_refused(resume, tmp_path, ["--resume", "classes"], out=tmp_path / "run", timeout=300)

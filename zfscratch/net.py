@@ -183,6 +183,9 @@ class Sequential:
             l.sample_rng = sample_rng
 
     def set_rng_state(self, state):
+        """Restore what :meth:`rng_state` returned; ValueError when ``state`` is not such a record."""
+        if not isinstance(state, dict):
+            raise ValueError(f"dropout RNG state is a {type(state).__name__}, expected an object")
         for l in self.dropout_layers():
             if l.name in state:
                 l.rng.bit_generator.state = state[l.name]

@@ -5,6 +5,8 @@ import os
 import re
 import tempfile
 
+import numpy as np
+
 from zfscratch import io as zio
 from zfscratch.errors import UserError
 
@@ -85,6 +87,9 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"--resume: no checkpoint {path} to resume from")
     arrays, meta = zio.load_npz(path, "checkpoint")
+    for k, a in arrays.items():
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise UserError(f"checkpoint {path}: {k} holds NaN or infinite values")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint {path} is not a zfscratch training checkpoint")
     return arrays, meta

@@ -43,7 +43,14 @@ class Trainer:
         # every rank checks everything; errors are agreed on before anything is written
         err = None
         try:
-            self._setup(data, cfg, backend, resume, overwrite)
+            try:
+                self._setup(data, cfg, backend, resume, overwrite)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                if not resume:
+                    raise
+                # a checkpoint missing keys or holding a bad RNG/iterator state: one line, not a traceback
+                raise UserError(f"checkpoint {self.files['checkpoint']} is damaged or incomplete "
+                                f"({type(e).__name__}: {str(e)[:120]}); start again with --overwrite") from None
         except UserError as e:
             if not self.world.distributed:
                 raise
@@ -118,6 +125,11 @@ class Trainer:
             raise UserError(f"training data {data if isinstance(data, str) else _describe(self.train_ds)} has "
                             f"{k} class; at least 2 classes are needed")
         self.num_classes = k
+        if ck_meta is not None and ck_meta.get("classes") is not None and list(ck_meta["classes"]) != self.classes:
+            raise UserError(f"--resume: the data's classes ({', '.join(self.classes[:5])}"
+                            f"{', ...' if len(self.classes) > 5 else ''}) differ from the checkpoint's "
+                            f"({', '.join(map(str, ck_meta['classes'][:5]))}{', ...' if len(ck_meta['classes']) > 5 else ''}); "
+                            f"resuming would remap labels silently")
         self.backend_name = backend
 
         if self.world.is_root:  # only rank 0 writes the run directory
