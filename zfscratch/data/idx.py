@@ -26,47 +26,59 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot"]
 
 
-def _read_bytes(path):
+#: most bytes an IDX file may declare (its dims' product), checked from the header before reading
+MAX_IDX_BYTES = 2 << 30
+
+
+def read_idx(path, ndim=None, max_bytes=None):
+    """Read an IDX file of unsigned bytes (raw or gzip) into a uint8 array.
+
+    The header is read first; the declared size (the product of the dims, in Python integers: no
+    overflow) must be at most ``max_bytes`` (:data:`MAX_IDX_BYTES`), and only that many bytes are then
+    read or decompressed, so a gzip bomb cannot unpack more. Validates magic, ndim and length.
+    """
+    from zfscratch.util.files import open_regular
+
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise UserError(f"IDX file {path} does not exist")
-    if os.path.isdir(path):
-        raise UserError(f"IDX file {path} is a folder, expected an IDX file")
+    max_bytes = MAX_IDX_BYTES if max_bytes is None else int(max_bytes)
+    raw = open_regular(path, "IDX file")
     try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
+        head = raw.read(2)
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw
+        hdr = f.read(4)
+        if len(hdr) < 4:
+            raise UserError(f"IDX file {path} is too short ({len(hdr)} bytes) for an IDX header")
+        if hdr[0] != 0 or hdr[1] != 0:
+            raise UserError(f"IDX file {path} has a bad magic number {hdr[:4].hex()}: "
+                            "expected 0000 08 0N (unsigned-byte IDX)")
+        if hdr[2] != 0x08:
+            raise UserError(f"IDX file {path} has data type 0x{hdr[2]:02x}: only unsigned bytes (0x08) "
+                            "are supported")
+        nd = hdr[3]
+        if ndim is not None and nd != ndim:
+            kind = "images" if ndim == 3 else "labels"
+            raise UserError(f"IDX file {path} has {nd} dimensions, expected {ndim} for an {kind} file")
+        dimb = f.read(4 * nd)
+        if nd == 0 or len(dimb) < 4 * nd:
+            raise UserError(f"IDX file {path} is truncated inside its header")
+        dims = tuple(int.from_bytes(dimb[4 * i:4 * i + 4], "big") for i in range(nd))
+        n = 1
+        for d in dims:
+            n *= d
+        if n > max_bytes:
+            raise UserError(f"IDX file {path} declares dims {'x'.join(map(str, dims))} = {n} bytes, more than "
+                            f"the {max_bytes} allowed (refused before reading)")
+        data = f.read(n + 1)  # one more: a longer file is the wrong file
+        if len(data) != n:
+            raise UserError(f"IDX file {path} has {4 + 4 * nd + len(data)}{'+' if len(data) > n else ''} bytes, "
+                            f"expected {4 + 4 * nd + n} for dims {'x'.join(map(str, dims))} "
+                            f"(truncated or wrong file)")
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"IDX file {path} cannot be read (corrupt gzip?): {e}") from None
-
-
-def read_idx(path, ndim=None):
-    """Read an IDX file of unsigned bytes into a uint8 array; validates magic, ndim and length."""
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise UserError(f"IDX file {path} is too short ({len(data)} bytes) for an IDX header")
-    if data[0] != 0 or data[1] != 0:
-        raise UserError(f"IDX file {path} has a bad magic number {data[:4].hex()}: "
-                        "expected 0000 08 0N (unsigned-byte IDX)")
-    if data[2] != 0x08:
-        raise UserError(f"IDX file {path} has data type 0x{data[2]:02x}: only unsigned bytes (0x08) "
-                        "are supported")
-    nd = data[3]
-    if ndim is not None and nd != ndim:
-        kind = "images" if ndim == 3 else "labels"
-        raise UserError(f"IDX file {path} has {nd} dimensions, expected {ndim} for an {kind} file")
-    if nd == 0 or len(data) < 4 + 4 * nd:
-        raise UserError(f"IDX file {path} is truncated inside its header")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=nd, offset=4))
-    expected = 4 + 4 * nd + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        raise UserError(f"IDX file {path} has {len(data)} bytes, expected {expected} for dims "
-                        f"{'x'.join(map(str, dims))} (truncated or wrong file)")
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
+    finally:
+        raw.close()
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 _PREFIXES = {"train": ("train",), "test": ("t10k", "test"), "val": ("t10k", "test")}
@@ -136,6 +148,9 @@ class IdxDataset(ArrayDataset):
                             f"{y.shape[0]} labels")
         if classes is None or classes == "mnist":
             n = max(10, int(y.max()) + 1) if y.size else 10
+            if n > 10 and len(np.unique(y)) < n:  # e.g. one stray 255 would make 256 classes
+                raise UserError(f"IDX labels file {labels}: label {int(y.max())} would make {n} classes but only "
+                                f"{len(np.unique(y))} distinct labels occur (expected 0..9 or contiguous labels)")
             names = [str(i) for i in range(n)]
         elif classes == "fashion":
             names = list(FASHION_CLASSES)
