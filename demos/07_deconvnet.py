@@ -35,7 +35,7 @@ def by_hand(net, x, layer, map_index):
     steps = []
     for l, shape, sw in zip(reversed(net.layers[:stop + 1]), reversed(shapes), reversed(switches)):
         if l.kind == "MaxPool2d":                            # 3a. unpool with the switches
-            r = kern.maxpool_backward(r, sw, shape)
+            r = l.unpool(r, sw, shape)
         elif l.kind == "ReLU":                               # 3b. rectify the reconstruction
             r = kern.relu_forward(r)
         elif l.kind == "Conv2d":                             # 3c. filter with the transposed weights

@@ -1,4 +1,4 @@
-"""Compute kernels, one module per backend with the same function names (DESIGN §3).
+"""Compute kernels, one module per backend with the same function names (docs/design.md section 3).
 
 ``reference`` (plain NumPy, the oracle), ``cpu`` (Numba) and ``gpu`` (CuPy). Modules are imported
 lazily, so importing this package never imports numba or cupy.
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-#: every kernel of the contract; a backend module must define all of them
-CONTRACT = (
+#: every kernel a backend module must define (signatures and semantics: docs/design.md section 3)
+REQUIRED = (
     "conv2d_forward", "conv2d_backward", "conv2d_backward_data",
     "maxpool_forward", "maxpool_backward",
     "relu_forward", "relu_backward",
@@ -16,6 +16,33 @@ CONTRACT = (
     "lcn_forward", "lcn_backward",
     "softmax_xent",
 )
+#: the same tuple under its older name
+CONTRACT = REQUIRED
+
+#: kernels a backend may define (faster paths); callers get them through :func:`optional` and fall back
+#: to the NumPy formula (the reference's function of the same name) when a backend lacks one
+OPTIONAL = {
+    "matmul": "matmul(a, b) -> a @ b for 2-D arrays",
+    "linear_backward": "linear_backward(dy, x, w, gw, gb) -> dx; gw += dy.T @ x, gb += dy.sum(0) in place",
+    "sgd_update": "sgd_update(p, g, v, lr, momentum, weight_decay): v = m*v - lr*(g + wd*p); p += v, in place",
+    "clear_workspaces": "clear_workspaces(): free the calling thread's scratch buffers",
+}
+
+
+def optional(module, name):
+    """The optional kernel ``name`` (a key of :data:`OPTIONAL`) of a kernel module, or None when it has none.
+
+    Raises KeyError for a name that is not declared in :data:`OPTIONAL` (so a typo cannot silently
+    disable a fast path)."""
+    if name not in OPTIONAL:
+        raise KeyError(f"{name!r} is not an optional kernel; declared: {', '.join(OPTIONAL)}")
+    return getattr(module, name, None)
+
+
+def missing(module):
+    """The :data:`REQUIRED` kernels ``module`` does not define (empty for a complete backend)."""
+    return [k for k in REQUIRED if not callable(getattr(module, k, None))]
+
 
 KERNEL_MODULES = ("reference", "cpu", "gpu")
 

@@ -1,4 +1,4 @@
-"""CuPy kernels: the kernel contract of DESIGN §3 on an NVIDIA GPU.
+"""CuPy kernels: the kernel contract of docs/design.md section 3 on an NVIDIA GPU.
 
 Everything stays on the device: inputs are CuPy arrays (host arrays are copied over), outputs are
 CuPy arrays, and no function waits for the GPU except :func:`softmax_xent`, whose loss is a Python
@@ -21,13 +21,9 @@ Design
   keeps the first maximum (NaN wins like ``np.argmax``); switches are int32 ``h*W + w``.
   **Unpooling** (``maxpool_backward``) is a deterministic gather: one thread per input pixel visits the
   pooling windows that contain it and sums ``dy`` where the switch points at it, in output order (the
-  reference's order, so results are bit-identical). It needs the pooling geometry, which is not part
-  of the contract's arguments: it comes from the optional ``k``/``stride`` keywords, else from the
-  geometry that :func:`maxpool_forward` recorded for these shapes, else a guess. A second pass (one
-  thread per output) adds with ``atomicAdd`` the ``dy`` of any output whose switch lies outside the
-  window the gather assumed (switches of a padded pool, or of a pool with other parameters but the
-  same shapes), so the result is right for any switches, and deterministic whenever the geometry is
-  the true one (always, for switches of :func:`maxpool_forward`).
+  reference's order, so results are bit-identical). The layer hands it the pool's geometry (``k``,
+  ``stride``, ``pad``: the kernel contract), so the gather visits exactly the windows that can hold each
+  pixel; a check first rejects switches outside their own windows (ValueError) or planes (IndexError).
 * **ReLU**, **LRN** (one thread per element, looping over its channel window) and **softmax
   cross-entropy** (one thread per row, accumulating in float64) are single kernels.
 
@@ -49,7 +45,7 @@ except Exception as e:  # ImportError, or a broken CUDA install raising somethin
     raise ImportError(f"the gpu kernels need CuPy ({type(e).__name__}: {e})") from e
 
 from zfscratch.kernels import reference as _reference
-from zfscratch.kernels.reference import conv_output_size, pool_output_size
+from zfscratch.kernels.shapes import check_pool_geometry, conv_output_size, pool_output_size
 
 NAME = "gpu"
 
@@ -99,21 +95,6 @@ _SOURCE = r"""
 // ---------------------------------------------------------------- helpers
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
-
-__device__ __forceinline__ void atomic_add(float* a, float v) { atomicAdd(a, v); }
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 600)
-__device__ __forceinline__ void atomic_add(double* a, double v)
-{
-    unsigned long long* p = (unsigned long long*)a;
-    unsigned long long old = *p, assumed;
-    do {
-        assumed = old;
-        old = atomicCAS(p, assumed, __double_as_longlong(v + __longlong_as_double(assumed)));
-    } while (assumed != old);
-}
-#else
-__device__ __forceinline__ void atomic_add(double* a, double v) { atomicAdd(a, v); }
-#endif
 
 #define FIRST_INDEX ((idx_t)blockIdx.x * (idx_t)blockDim.x + (idx_t)threadIdx.x)
 #define GRID_STRIDE ((idx_t)blockDim.x * (idx_t)gridDim.x)
@@ -248,10 +229,11 @@ extern "C" __global__ void maxpool_fwd(const real* __restrict__ x, real* __restr
 }
 
 // Unpooling as a gather: one thread per input pixel (total = N*C*H*W) sums dy over the windows
-// (k, stride: a superset of the true windows is fine) that contain it and whose switch is this pixel.
+// [oh*stride - pad, oh*stride - pad + k) x [ow*stride - pad, ...) that contain it and whose switch is this
+// pixel, in output order (the reference's order of sums: bit-identical results).
 extern "C" __global__ void maxpool_bwd_gather(const real* __restrict__ dy, const int* __restrict__ sw,
                                               real* __restrict__ dx, int H, int W, int Ho, int Wo,
-                                              int k, int stride, long long total)
+                                              int k, int stride, int pad, long long total)
 {
     const idx_t T = (idx_t)total;
     for (idx_t idx = FIRST_INDEX; idx < T; idx += GRID_STRIDE) {
@@ -259,10 +241,11 @@ extern "C" __global__ void maxpool_bwd_gather(const real* __restrict__ dy, const
         const idx_t t = idx / W;
         const int h = (int)(t % H);
         const idx_t plane = t / H;
-        const int oh0 = h < k ? 0 : (h - k + stride) / stride;   // ceil((h - k + 1) / stride)
-        const int ow0 = w < k ? 0 : (w - k + stride) / stride;
-        const int oh1 = imin(h / stride, Ho - 1);
-        const int ow1 = imin(w / stride, Wo - 1);
+        const int hp = h + pad, wp = w + pad;
+        const int oh0 = hp < k ? 0 : (hp - k + stride) / stride;   // ceil((hp - k + 1) / stride)
+        const int ow0 = wp < k ? 0 : (wp - k + stride) / stride;
+        const int oh1 = imin(hp / stride, Ho - 1);
+        const int ow1 = imin(wp / stride, Wo - 1);
         const int target = h * W + w;
         const idx_t base = plane * ((idx_t)Ho * Wo);
         real acc = (real)0;
@@ -273,30 +256,6 @@ extern "C" __global__ void maxpool_bwd_gather(const real* __restrict__ dy, const
             }
         }
         dx[idx] = acc;
-    }
-}
-
-// Fix-up after the gather (total = N*C*Ho*Wo): adds, with atomics, dy of the outputs whose switch lies
-// outside the window [oh*stride, oh*stride + k) x [ow*stride, ow*stride + k) that the gather assumed
-// (switches of another geometry, e.g. a padded pool). Exactly the outputs the gather skipped, so every
-// dy is added once; with the right geometry it adds nothing (and the result is deterministic).
-extern "C" __global__ void maxpool_bwd_fixup(const real* __restrict__ dy, const int* __restrict__ sw,
-                                             real* __restrict__ dx, int H, int W, int Ho, int Wo,
-                                             int k, int stride, long long total)
-{
-    const idx_t T = (idx_t)total;
-    const int HW = H * W;
-    for (idx_t idx = FIRST_INDEX; idx < T; idx += GRID_STRIDE) {
-        const int s = sw[idx];
-        if ((unsigned)s >= (unsigned)HW) continue;   // not a pixel of the plane: dropped
-        const int ow = (int)(idx % Wo);
-        const idx_t t = idx / Wo;
-        const int oh = (int)(t % Ho);
-        const idx_t plane = t / Ho;
-        const int r = s / W, c = s - (s / W) * W;
-        const int h0 = oh * stride, w0 = ow * stride;
-        if (r >= h0 && r < h0 + k && c >= w0 && c < w0 + k) continue;   // counted by the gather
-        atomic_add(dx + plane * HW + s, dy[idx]);
     }
 }
 
@@ -390,7 +349,7 @@ extern "C" __global__ void softmax_xent_rows(const real* __restrict__ logits,
 """
 
 KERNEL_NAMES = ("im2col", "col2im", "unfold_bias", "fold", "maxpool_fwd", "maxpool_bwd_gather",
-                "maxpool_bwd_fixup", "relu_fwd", "relu_bwd", "lrn_fwd", "lrn_bwd", "softmax_xent_rows")
+                "relu_fwd", "relu_bwd", "lrn_fwd", "lrn_bwd", "softmax_xent_rows")
 
 
 def kernel_source(dtype, index64=False):
@@ -603,11 +562,6 @@ def conv2d_backward_data(dy, w, x_shape, stride, pad):
 
 
 # ============================================================================== max-pool
-#: (H, W, Ho, Wo) -> set of (k, stride) seen by maxpool_forward: the geometry maxpool_backward assumes
-_POOL_GEOMETRY = {}
-_POOL_GEOMETRY_MAX = 4096
-
-
 def maxpool_forward(x, k, stride, ceil_mode):
     """Max-pool with switches. x (N, C, H, W) -> y (N, C, Ho, Wo), switches int32 ``h*W + w``."""
     k, stride = _check_int("k", k, 1), _check_int("stride", stride, 1)
@@ -617,52 +571,34 @@ def maxpool_forward(x, k, stride, ceil_mode):
     wo = pool_output_size(w, k, stride, ceil_mode)
     y = cupy.empty((n, c, ho, wo), dtype=x.dtype)
     sw = cupy.empty((n, c, ho, wo), dtype=np.int32)
-    key = (h, w, ho, wo)
-    if key not in _POOL_GEOMETRY and len(_POOL_GEOMETRY) >= _POOL_GEOMETRY_MAX:
-        _POOL_GEOMETRY.clear()
-    _POOL_GEOMETRY.setdefault(key, set()).add((k, stride))
     _launch("maxpool_fwd", x.dtype, y.size, (
         x, y, sw, _i(h), _i(w), _i(ho), _i(wo), _i(k), _i(stride), _ll(y.size)), index_size=x.size)
     return y, sw
 
 
-def _pool_sizes(h, w, k, stride, ceil_mode):
-    try:
-        return pool_output_size(h, k, stride, ceil_mode), pool_output_size(w, k, stride, ceil_mode)
-    except ValueError:
-        return None
+def _check_switch_windows(sw, h, w, k, stride, pad):
+    """IndexError for a switch outside its (N, C) plane, ValueError for one outside its own pooling
+    window (the gather only looks inside the windows; switches of ``maxpool_forward`` and of a padded
+    ``MaxPool2d`` always are)."""
+    ho, wo = sw.shape[2], sw.shape[3]
+    if bool(((sw < 0) | (sw >= h * w)).any()):
+        raise IndexError(f"maxpool backward: switches out of range [0, {h * w}) for planes of {h}x{w}")
+    r, q = sw // w, sw % w
+    h0 = (cupy.arange(ho, dtype=np.int32) * stride - pad).reshape(1, 1, ho, 1)
+    w0 = (cupy.arange(wo, dtype=np.int32) * stride - pad).reshape(1, 1, 1, wo)
+    outside = (r < h0) | (r >= h0 + k) | (q < w0) | (q >= w0 + k)
+    if bool(outside.any()):
+        raise ValueError(f"maxpool backward: {int(outside.sum())} switches lie outside their {k}x{k} "
+                         f"stride-{stride} pad-{pad} pooling windows")
 
 
-def _unpool_geometry(h, w, ho, wo, k=None, stride=None):
-    """The (k, stride) whose windows the unpooling gather assumes.
-
-    Explicit arguments first; else what :func:`maxpool_forward` recorded for these shapes (one stride:
-    the largest k, whose windows contain the smaller ones); else a guess from the shapes. Any answer
-    gives the right result (the fix-up pass adds what the gather misses); the right one makes the
-    result deterministic and identical to the reference.
-    """
-    if k is not None and stride is not None:
-        k, stride = _check_int("k", k, 1), _check_int("stride", stride, 1)
-        if not any(_pool_sizes(h, w, k, stride, m) == (ho, wo) for m in (True, False)):
-            raise ValueError(f"maxpool backward: pool {k} stride {stride} does not map input {h}x{w} "
-                             f"to output {ho}x{wo}")
-        return k, stride
-    seen = _POOL_GEOMETRY.get((h, w, ho, wo))
-    if seen and len({st for _, st in seen}) == 1:
-        return max(kk for kk, _ in seen), next(iter(seen))[1]
-    size, out = max(h, w), max(ho, wo)
-    st = max(1, (size - 1) // (out - 1)) if out > 1 else size
-    return max(1, min(size, max(size - (out - 1) * st, st + 1))), st
-
-
-def maxpool_backward(dy, switches, x_shape, k=None, stride=None):
+def maxpool_backward(dy, switches, x_shape, k, stride, pad=0):
     """Route ``dy`` to the switch positions, summing where windows overlap (also the unpooling).
 
-    dy, switches (N, C, Ho, Wo) -> dx (N, C, H, W). ``k``/``stride`` (optional, beyond the contract)
-    name the pooling geometry; without them the geometry recorded by :func:`maxpool_forward` for these
-    shapes is assumed. A gather (one thread per input pixel, deterministic) handles the switches inside
-    the assumed windows and a fix-up pass adds the others with atomics, so any int32 switches into the
-    (N, C) planes give the right sums; switches outside ``[0, H*W)`` are ignored.
+    dy, switches (N, C, Ho, Wo) -> dx (N, C, H, W); ``k``, ``stride``, ``pad``: the pool's geometry
+    (checked against the shapes). A deterministic gather, one thread per input pixel, over the windows
+    that can hold it; every switch must lie inside its own window (ValueError otherwise; IndexError
+    outside its plane).
     """
     dy = _dev(dy)
     dt = dy.dtype
@@ -672,14 +608,14 @@ def maxpool_backward(dy, switches, x_shape, k=None, stride=None):
     if tuple(sw.shape) != tuple(dy.shape) or dy.ndim != 4 or tuple(dy.shape[:2]) != (n, c):
         raise ValueError(f"maxpool backward: dy {tuple(dy.shape)} and switches {tuple(sw.shape)} do not "
                          f"match each other or the input shape {tuple(x_shape)}")
+    kk, st, pd = check_pool_geometry(x_shape, dy.shape, k, stride, pad, what="maxpool backward")
     ho, wo = dy.shape[2], dy.shape[3]
     if n * c * h * w == 0 or dy.size == 0:
         return cupy.zeros((n, c, h, w), dtype=dt)
-    kk, st = _unpool_geometry(h, w, ho, wo, k, stride)
+    _check_switch_windows(sw, h, w, kk, st, pd)
     dx = cupy.empty((n, c, h, w), dtype=dt)
-    args = (dy, sw, dx, _i(h), _i(w), _i(ho), _i(wo), _i(kk), _i(st))
-    _launch("maxpool_bwd_gather", dt, dx.size, args + (_ll(dx.size),), index_size=dy.size)
-    _launch("maxpool_bwd_fixup", dt, dy.size, args + (_ll(dy.size),), index_size=dx.size)
+    _launch("maxpool_bwd_gather", dt, dx.size, (dy, sw, dx, _i(h), _i(w), _i(ho), _i(wo), _i(kk), _i(st), _i(pd),
+                                                _ll(dx.size)), index_size=dy.size)
     return dx
 
 

@@ -1,10 +1,10 @@
 """Reference kernels: plain, readable NumPy. The oracle every fast backend is tested against.
 
-Every function follows the kernel contract of DESIGN §3 and works in float32 and float64 (the
+Every function follows the kernel contract of docs/design.md section 3 and works in float32 and float64 (the
 output dtype is the input dtype). Clarity beats speed here: convolution is im2col + one matmul,
 pooling loops over output positions, LRN sums a channel window explicitly.
 
-Conventions (DESIGN §4)
+Conventions (docs/design.md section 4)
 -----------------------
 * Layout NCHW. Convolution is cross-correlation with weights ``w : (F, C, kh, kw)``; ``stride``
   and ``pad`` are ints (same for both axes), padding is zeros.
@@ -23,36 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .shapes import check_pool_geometry, conv_output_size, pool_output_size  # noqa: F401  (sizes: one home)
+
 NAME = "reference"
 
 
-# ----------------------------------------------------------------------------- sizes
-def conv_output_size(h, k, stride, pad):
-    """Output length of a convolution along one axis: ``(h + 2*pad - k) // stride + 1``."""
-    out = (h + 2 * pad - k) // stride + 1
-    if out < 1:
-        raise ValueError(f"convolution of size {k} stride {stride} pad {pad} does not fit input of size {h}")
-    return out
-
-
-def pool_output_size(h, k, stride, ceil_mode):
-    """Output length of a max-pool along one axis (no padding).
-
-    Ceil mode: ``ceil((h - k) / stride) + 1``, minus one if the last window would start outside the
-    input (Caffe/PyTorch rule). Floor mode: ``(h - k) // stride + 1``.
-    """
-    if ceil_mode:
-        out = -(-(h - k) // stride) + 1
-        if (out - 1) * stride >= h:
-            out -= 1
-    else:
-        out = (h - k) // stride + 1
-    if out < 1:
-        raise ValueError(f"max-pool of size {k} stride {stride} does not fit input of size {h}")
-    return out
-
-
-# ----------------------------------------------------------------------------- convolution
 def _im2col(x, kh, kw, stride, pad):
     """Patches of ``x``: (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo), plus (Ho, Wo)."""
     n, c, h, w = x.shape
@@ -174,7 +149,7 @@ def maxpool_forward(x, k, stride, ceil_mode):
     return y, sw
 
 
-def maxpool_backward(dy, switches, x_shape):
+def maxpool_backward(dy, switches, x_shape, k, stride, pad=0):
     """Route ``dy`` to the switch positions (sums where windows overlap). Also the DeconvNet's unpooling.
 
     Parameters
@@ -182,11 +157,14 @@ def maxpool_backward(dy, switches, x_shape):
     dy : (N, C, Ho, Wo) float
     switches : (N, C, Ho, Wo) int32
     x_shape : tuple (N, C, H, W)
+    k, stride, pad : int, the pool's geometry (checked against the shapes; ValueError if it does not
+        map ``x_shape`` to ``dy``'s shape)
 
     Returns
     -------
     dx : (N, C, H, W) float
     """
+    check_pool_geometry(x_shape, dy.shape, k, stride, pad)
     n, c, h, w = x_shape
     dx = np.zeros((n * c, h * w), dtype=dy.dtype)
     rows = np.repeat(np.arange(n * c), dy.shape[2] * dy.shape[3])

@@ -1,4 +1,5 @@
-"""The Numba CPU kernels against the NumPy reference (DESIGN §3: a fast kernel is done only when this passes).
+"""The Numba CPU kernels against the NumPy reference (docs/design.md section 3: a fast kernel is done only
+when this passes).
 
 Random inputs in float32 and float64, batch 1 and odd batches, odd spatial sizes, every
 (kernel, stride, pad, ceil) the models use plus random ones, ties and -inf in pooling. Switches must be
@@ -206,8 +207,8 @@ def test_maxpool(k, s, ceil, n, h, w, dtype, kind):
     np.testing.assert_array_equal(sw, rsw)
     np.testing.assert_array_equal(y, ry)
     dy = _rand(rng, y.shape, dtype)
-    dx = cpu.maxpool_backward(dy, sw, x.shape)
-    assert_close(dx, ref.maxpool_backward(dy, rsw, x.shape), dtype)
+    dx = cpu.maxpool_backward(dy, sw, x.shape, k, s)
+    assert_close(dx, ref.maxpool_backward(dy, rsw, x.shape, k, s), dtype)
 
 
 def test_maxpool_nan_matches_argmax():
@@ -225,7 +226,7 @@ def test_maxpool_backward_bad_switches():
     dy = np.ones((1, 1, 2, 2), np.float32)
     sw = np.array([[[[0, 1], [2, 99]]]], np.int32)
     with pytest.raises(IndexError):
-        cpu.maxpool_backward(dy, sw, (1, 1, 3, 3))
+        cpu.maxpool_backward(dy, sw, (1, 1, 3, 3), 2, 1)
 
 
 # ----------------------------------------------------------------------------- ReLU

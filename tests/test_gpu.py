@@ -396,42 +396,34 @@ def test_maxpool_matches_reference(impl, k, stride, ceil, dtype):
             if what == "nan":
                 continue
             dy = rng.standard_normal(y_ref.shape).astype(dtype)
-            dx_ref = ref.maxpool_backward(dy, sw_ref, x.shape)
-            # gather with the geometry recorded by maxpool_forward: same order of sums -> identical
-            dx = impl.mod.maxpool_backward(impl.dev(dy), sw, x.shape)
-            np.testing.assert_array_equal(Impl.host(dx), dx_ref, err_msg=f"unpool (recorded) {tag}")
-            dx = impl.mod.maxpool_backward(impl.dev(dy), sw, x.shape, k=k, stride=stride)
-            np.testing.assert_array_equal(Impl.host(dx), dx_ref, err_msg=f"unpool (explicit) {tag}")
+            dx_ref = ref.maxpool_backward(dy, sw_ref, x.shape, k, stride)
+            # gather with the pool's geometry: same order of sums -> identical
+            dx = impl.mod.maxpool_backward(impl.dev(dy), sw, x.shape, k, stride)
+            np.testing.assert_array_equal(Impl.host(dx), dx_ref, err_msg=f"unpool {tag}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_unpool_with_shared_shapes_unknown_geometry_and_foreign_switches(impl, dtype, monkeypatch):
+def test_unpool_with_shared_shapes_and_foreign_switches(impl, dtype):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 4, size=(2, 3, 55, 54)).astype(dtype)
-    # 2/2 floor and 3/2 ceil both map 55x54 -> 27x27: the gather must cover the larger window
-    for k, s, ceil in [(2, 2, False), (3, 2, True)]:
-        impl.mod.maxpool_forward(impl.dev(x), k, s, ceil)
+    # 2/2 floor and 3/2 ceil both map 55x54 -> 27x27: the geometry handed over decides the windows
     for k, s, ceil in [(2, 2, False), (3, 2, True)]:
         y_ref, sw_ref = ref.maxpool_forward(x, k, s, ceil)
         dy = rng.standard_normal(y_ref.shape).astype(dtype)
-        dx_ref = ref.maxpool_backward(dy, sw_ref, x.shape)
-        np.testing.assert_array_equal(Impl.host(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape)),
-                                      dx_ref)
-        with monkeypatch.context() as m:  # nothing recorded: the geometry is guessed from the shapes
-            m.setattr(impl.mod, "_POOL_GEOMETRY", {})
-            assert_close(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape), dx_ref, dtype,
-                         "unpool (guessed geometry)")
-    # switches from anywhere in the plane (another pool with the same shapes, a padded pool): the
-    # fix-up pass adds what the gather does not see
+        dx_ref = ref.maxpool_backward(dy, sw_ref, x.shape, k, s)
+        np.testing.assert_array_equal(Impl.host(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape,
+                                                                          k, s)), dx_ref)
+    # switches from anywhere in the plane: outside their own windows the gather cannot see them, so the
+    # GPU refuses them (the CPU backends route any in-plane switch); outside the plane: IndexError
     sw_any = rng.integers(0, 55 * 54, size=y_ref.shape).astype(np.int32)
-    sw_any[0, 0, 0, :5] = 0  # several outputs on one pixel
-    dx_ref = ref.maxpool_backward(dy, sw_any, x.shape)
-    assert_close(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_any), x.shape), dx_ref, dtype,
-                 "unpool (foreign switches)")
-    assert_close(impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_any), x.shape, k=3, stride=2), dx_ref, dtype,
-                 "unpool (foreign switches, explicit geometry)")
-    with pytest.raises(ValueError):
-        impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape, k=3, stride=3)
+    with pytest.raises(ValueError, match="outside their"):
+        impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_any), x.shape, 3, 2)
+    sw_bad = sw_ref.copy()
+    sw_bad[0, 0, 0, 0] = 55 * 54
+    with pytest.raises(IndexError):
+        impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_bad), x.shape, 3, 2)
+    with pytest.raises(ValueError):  # a geometry that does not map 55x54 to 27x27
+        impl.mod.maxpool_backward(impl.dev(dy), impl.dev(sw_ref), x.shape, 3, 3)
 
 
 def test_padded_pool_layer_matches_numpy_backend(impl):

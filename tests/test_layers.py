@@ -52,7 +52,7 @@ def test_maxpool_known_switches_ties_and_overlap():
     np.testing.assert_array_equal(sw[0, 0], [[5, 10], [8, 10]])
     assert sw.dtype == np.int32
     # unpooling sums the gradients of the two windows that chose pixel 10
-    dx = R.maxpool_backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]), sw, x.shape)
+    dx = R.maxpool_backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]), sw, x.shape, 3, 2)
     expected = np.zeros(16)
     expected[5], expected[8], expected[10] = 1.0, 3.0, 6.0
     np.testing.assert_array_equal(dx.reshape(-1), expected)

@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from zfscratch import kernels as _kernels
+
 # thread control has one home (threadpoolctl); the names stay importable from here
 from zfscratch.util.threads import get_blas_threads, set_blas_threads, set_threads, thread_info  # noqa: F401
 
@@ -203,7 +205,7 @@ def warm_up_kernels(backend, dtype=np.float32):
         r = k.relu_forward(y)
         k.relu_backward(dy, r)
         yp, sw = k.maxpool_forward(y, 3, 2, True)
-        k.maxpool_backward(xp.ones_like(yp), sw, y.shape)
+        k.maxpool_backward(xp.ones_like(yp), sw, y.shape, 3, 2)
         for beta in (0.75, 0.6):
             yl, sc = k.lrn_forward(y, 5, 1e-4, beta, 2.0)
             k.lrn_backward(dy, y, yl, sc, 5, 1e-4, beta, 2.0)
@@ -616,7 +618,7 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     res["network"]["step_roofline_ms"] = 1e3 * step_gflop / peak if peak else None
     res["network"]["step_pct_roofline"] = (100.0 * res["network"]["step_roofline_ms"] / res["network"]["step_ms"]
                                            if peak and res["network"]["step_ms"] > 0 else None)
-    res["network"].update(step_memory(ostep, sync, getattr(be.kernels, "clear_workspaces", None)))
+    res["network"].update(step_memory(ostep, sync, _kernels.optional(be.kernels, "clear_workspaces")))
     if twin:
         res["torch"] = dict(device=device, **_network_figures(batch, f_ts[1], s_ts[1]))
         res["torch"]["step_page_faults"] = page_faults_per_step(tstep, tsync)

@@ -2,8 +2,8 @@
 backpropagation and the plain gradient; receptive-field arithmetic.
 
 All three rules map chosen activations of a layer back to pixel space, built only from the kernel
-contract (DESIGN §3, §6), so they run on every backend (numpy, numba, cupy) with the same batching and
-memory budget:
+contract (docs/design.md sections 3, 6), so they run on every backend (numpy, numba, cupy) with the same
+batching and memory budget:
 
 1. run the net forward to layer ``L`` (eval mode), recording every max-pool's switches, every ReLU's
    output and every normalization's forward state;
@@ -271,7 +271,7 @@ def _walk_down(net, r, rec, rows, rule="deconvnet"):
         in_shape = (r.shape[0],) + tuple(shape[1:])
         kind = l.kind
         if kind == "MaxPool2d":  # unpooling = the max-pool's true gradient
-            r = kern.maxpool_backward(r, take(aux), in_shape)
+            r = l.unpool(r, take(aux), in_shape)
         elif kind == "ReLU":
             if rule != "gradient":  # DeconvNet and guided: rectify the backward signal itself
                 r = kern.relu_forward(r)

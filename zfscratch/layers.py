@@ -7,14 +7,16 @@ One contract for every layer:
   and **accumulates** parameter gradients into ``self.grads`` (call ``zero_grads()`` between steps).
 
 Parameters live in ``self.params`` (``"w"``, ``"b"``) as arrays of the layer's backend; the compute
-goes through ``self.backend.kernels`` (DESIGN §3) so that the same layer runs on NumPy, Numba or CuPy.
+goes through ``self.backend.kernels`` (docs/design.md section 3) so that the same layer runs on NumPy, Numba or CuPy.
 Shapes are validated on the way in, with errors that name the layer and both shapes.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from zfscratch import kernels
 from zfscratch.backend import get_backend
+from zfscratch.kernels.shapes import padded_pool_output_size  # noqa: F401  (re-exported: its old home)
 
 
 class Layer:
@@ -123,7 +125,7 @@ class Conv2d(Layer):
         self._x = None
 
     def output_shape(self, in_shape):
-        from zfscratch.kernels.reference import conv_output_size
+        from zfscratch.kernels.shapes import conv_output_size
         n, _, h, w = in_shape
         return (n, self.out_ch, conv_output_size(h, self.k, self.stride, self.pad),
                 conv_output_size(w, self.k, self.stride, self.pad))
@@ -206,16 +208,17 @@ class MaxPool2d(Layer):
     Parameters
     ----------
     k, stride : int
-    ceil_mode : bool, default True (ZFNet's 3x3 stride-2 pools; DESIGN §4 output size rule)
+    ceil_mode : bool, default True (ZFNet's 3x3 stride-2 pools; docs/design.md section 4 output size rule)
     pad : int, default 0. Padding of ``-inf`` on every side (PyTorch's ``MaxPool2d(padding=...)``;
         used by imported ONNX models). Output size: floor mode ``(H + 2*pad - k) // stride + 1``;
         ceil mode ``ceil((H + 2*pad - k) / stride) + 1``, minus one if the last window would start
         in the bottom padding. ``pad`` must be smaller than ``k``. With ``pad=0`` (the default) the
-        layer is exactly the unpadded pool of the kernel contract.
+        layer is exactly the unpadded pool of the kernel contract (sizes: ``kernels/shapes.py``).
 
     After ``forward``: ``switches : (N, C, Ho, Wo) int32`` flat ``h*W + w`` indices into the
     *unpadded* input plane and ``x_shape`` (the unpadded input shape), so that
-    ``maxpool_backward(dy, switches, x_shape)`` (backward and DeconvNet unpooling) works unchanged.
+    :meth:`unpool` (``maxpool_backward`` with this layer's geometry) is both the backward pass and the
+    DeconvNet's unpooling.
     """
 
     kind = "MaxPool2d"
@@ -239,9 +242,6 @@ class MaxPool2d(Layer):
         self.switches = None
 
     def _size(self, h):
-        if not self.pad:
-            from zfscratch.kernels.reference import pool_output_size
-            return pool_output_size(h, self.k, self.stride, self.ceil_mode)
         return padded_pool_output_size(h, self.k, self.stride, self.pad, self.ceil_mode)
 
     def output_shape(self, in_shape):
@@ -274,25 +274,12 @@ class MaxPool2d(Layer):
 
     def backward(self, dy):
         self._check_grad(dy, self.switches.shape)
-        return self.backend.kernels.maxpool_backward(dy, self.switches, self.x_shape)
+        return self.unpool(dy, self.switches, self.x_shape)
 
-
-def padded_pool_output_size(h, k, stride, pad, ceil_mode):
-    """Output length of a max-pool with ``pad`` cells of ``-inf`` on both sides (PyTorch/ONNX Runtime rule).
-
-    Floor: ``(h + 2*pad - k) // stride + 1``. Ceil: ``ceil((h + 2*pad - k) / stride) + 1``, minus one if
-    the last window would start at or after ``h + pad`` (in the trailing padding).
-    """
-    span = h + 2 * pad - k
-    if span < 0:
-        raise ValueError(f"max-pool of size {k} stride {stride} pad {pad} does not fit input of size {h}")
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= h + pad:
-            out -= 1
-    else:
-        out = span // stride + 1
-    return out
+    def unpool(self, dy, switches, x_shape):
+        """Route ``dy`` (N, C, Ho, Wo) to ``switches`` in planes of ``x_shape`` (sums where windows overlap),
+        handing the kernel this layer's geometry (k, stride, pad)."""
+        return self.backend.kernels.maxpool_backward(dy, switches, x_shape, self.k, self.stride, self.pad)
 
 
 class LocalResponseNorm(Layer):
@@ -453,13 +440,13 @@ class Linear(Layer):
     def _mm(self, a, b):
         """Matrix product through the backend's ``matmul`` when it has one (the numba backend splits
         GEMMs over its own threads, avoiding OpenBLAS's spin-waiting threads), else ``@``."""
-        mm = getattr(self.backend.kernels, "matmul", None)
+        mm = kernels.optional(self.backend.kernels, "matmul")
         return mm(a, b) if mm is not None else a @ b
 
     def backward(self, dy):
         self._check_grad(dy, (self._x.shape[0], self.out_f))
         # the backend's fused pass when it has one (numba: dW accumulated in place and dx from one read of w)
-        fused = getattr(self.backend.kernels, "linear_backward", None)
+        fused = kernels.optional(self.backend.kernels, "linear_backward")
         if fused is not None:
             return fused(dy, self._x, self.params["w"], self.grads["w"], self.grads["b"])
         self.grads["w"] += self._mm(dy.T, self._x)

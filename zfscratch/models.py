@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from zfscratch.kernels.reference import conv_output_size, pool_output_size
+from zfscratch.kernels.shapes import conv_output_size, pool_output_size
 from zfscratch.net import build_from_specs
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")

@@ -364,7 +364,7 @@ class _Importer:
         self.add("ReLU", f"relu{self._block()}", node, {})
 
     def op_Conv(self, node, idx):
-        from zfscratch.kernels.reference import conv_output_size
+        from zfscratch.kernels.shapes import conv_output_size
         self._need4(node, idx)
         a = _attrs(node)
         w = self.const(node, idx, node.input[1], "weight") if len(node.input) > 1 else None
@@ -406,7 +406,7 @@ class _Importer:
         self.shape = (1, f, ho, ho)
 
     def op_MaxPool(self, node, idx):
-        from zfscratch.layers import padded_pool_output_size
+        from zfscratch.kernels.shapes import padded_pool_output_size
         self._need4(node, idx)
         a = _attrs(node)
         if "kernel_shape" not in a:

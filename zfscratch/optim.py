@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from zfscratch import kernels
 from zfscratch.kernels.reference import sgd_update as _reference_update
 
 
 class SGD:
-    """Stochastic gradient descent with momentum (DESIGN §4).
+    """Stochastic gradient descent with momentum (docs/design.md section 4).
 
     ``v = momentum*v - lr*(g + weight_decay*w)``; ``w += v``. Weight decay applies to weights only,
     not biases. After each step every conv filter whose RMS exceeds ``renorm_rms`` is rescaled to
@@ -15,7 +16,7 @@ class SGD:
     exceeds a fixed radius of 1e-1"). ``renorm_rms=None`` disables it.
 
     The step reads ``net.grads()`` in the order of ``net.params()``: gradients can be all-reduced
-    between ``backward`` and ``step`` (DESIGN §9).
+    between ``backward`` and ``step`` (docs/design.md section 9).
     """
 
     def __init__(self, net, lr=0.01, momentum=0.9, weight_decay=5e-4, renorm_rms=0.1):
@@ -35,7 +36,7 @@ class SGD:
     def step(self):
         """Apply one update with the accumulated gradients (does not zero them)."""
         # the backend's fused update when it has one (numba: one parallel pass, no temporaries)
-        update = getattr(self.net.backend.kernels, "sgd_update", None) or _reference_update
+        update = kernels.optional(self.net.backend.kernels, "sgd_update") or _reference_update
         for (name, p), g, v in zip(self.net.params(), self.net.grads(), self.velocity):
             decay = self.weight_decay if name.endswith(".w") else 0.0
             update(p, g, v, self.lr, self.momentum, decay)

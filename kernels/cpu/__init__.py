@@ -1,12 +1,13 @@
-"""CPU kernels (package; one module per concern): Numba for the data movement and the element-wise work, BLAS (through NumPy) for the GEMMs.
+"""CPU kernels (package; one module per concern): Numba for the data movement and the element-wise work,
+BLAS (through NumPy) for the GEMMs.
 
-Same functions and the same semantics as :mod:`zfscratch.kernels.reference` (DESIGN §3, §4); the tests
+Same functions and the same semantics as :mod:`zfscratch.kernels.reference` (docs/design.md sections 3, 4); the tests
 in ``tests/test_cpu_kernels.py`` hold them to it (identical switches, values to rounding).
 
 How the convolution is done
 ---------------------------
 A convolution is one GEMM per chunk of images, ``Y (F, P) = W (F, K) @ cols (K, P)``, with
-``K = C*kh*kw`` and ``P = images_in_chunk * Ho*Wo`` (DESIGN §10):
+``K = C*kh*kw`` and ``P = images_in_chunk * Ho*Wo`` (docs/design.md section 10):
 
 * **Polyphase im2col.** The padded input is first split into its ``stride x stride`` phases,
   ``xph[c, a, b, u, v] = xpad[c, u*s + a, v*s + b]``. In phase space every row of ``cols`` is a set of
@@ -33,12 +34,12 @@ A convolution is one GEMM per chunk of images, ``Y (F, P) = W (F, K) @ cols (K, 
 * **Fully connected backward in one pass** over the weights: ``dW`` accumulated in place, ``dx`` from
   the same read (:mod:`.linear`).
 * **Workspaces.** The ``cols``, phase and Winograd buffers are kept per thread and reused across calls
-  (DESIGN §10: fresh large buffers cost page faults). They never leave this module: every array a
+  (docs/design.md section 10: fresh large buffers cost page faults). They never leave this module: every array a
   kernel returns is freshly allocated.
 
 Winograd changes the rounding, not the result: the tests hold it to the reference like the rest.
 
-Numba rules (DESIGN §2): ``cache=True``; ``prange`` only on the outermost loop and every iteration
+Numba rules (docs/design.md section 2): ``cache=True``; ``prange`` only on the outermost loop and every iteration
 writes its own slice (no races); no ``fastmath`` (pooling sees ``-inf`` and NaN must propagate).
 
 Layout: :mod:`.threads` (BLAS thread plumbing and the split-GEMM thread pool), :mod:`.memory`

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..reference import conv_output_size
+from ..shapes import conv_output_size
 from .gemm import _matmul
 from .convblock import _use_rowblock, rowblock_filter_grad, rowblock_forward
 from .memory import _JIT, _add_run, _copy_run, _fill_run, _float_dtype, _put_run, _workspace

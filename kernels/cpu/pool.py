@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..reference import pool_output_size
+from ..shapes import check_pool_geometry, pool_output_size
 from .memory import _JIT, _copy_run, _fill_run
 
 # ============================================================================= max-pool
@@ -128,7 +128,7 @@ def _maxpool_bwd(dy, sw, dx, bad):
                 dxf[np.uint64(t * hw + idx)] += dyf[uq]
 
 
-def maxpool_backward(dy, switches, x_shape):
+def maxpool_backward(dy, switches, x_shape, k, stride, pad=0):
     """Route ``dy`` to the switch positions (sums where windows overlap); also the DeconvNet's unpooling.
 
     Parameters
@@ -136,6 +136,7 @@ def maxpool_backward(dy, switches, x_shape):
     dy : (N, C, Ho, Wo) float
     switches : (N, C, Ho, Wo) int32
     x_shape : tuple (N, C, H, W)
+    k, stride, pad : int, the pool's geometry (checked against the shapes)
 
     Returns
     -------
@@ -150,6 +151,7 @@ def maxpool_backward(dy, switches, x_shape):
     if tuple(switches.shape) != tuple(dy.shape) or tuple(dy.shape[:2]) != (n, c):
         raise ValueError(f"maxpool_backward: dy {tuple(dy.shape)}, switches {tuple(switches.shape)} and "
                          f"x_shape {(n, c, h, w)} do not match")
+    check_pool_geometry(x_shape, dy.shape, k, stride, pad)
     p = n * c
     dy2 = np.ascontiguousarray(dy).reshape(p, -1)
     sw2 = np.ascontiguousarray(switches, dtype=np.int32).reshape(p, -1)
