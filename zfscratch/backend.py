@@ -43,7 +43,7 @@ class Backend:
     xp : module
         numpy or cupy: the array module of every array the layers hold.
     kernels : module
-        The kernel module (DESIGN §3 contract).
+        The kernel module (docs/design.md section 3 contract).
     """
 
     name: str

@@ -22,7 +22,7 @@ class Sequential:
 
     Gradients are exposed as one list in a fixed order (``params()``/``grads()``), and the optimizer
     step is separate from gradient computation, so a data-parallel all-reduce can sit in between
-    (DESIGN §9).
+    (docs/design.md section 9).
     """
 
     def __init__(self, layers, backend=None, config=None):

@@ -1,6 +1,6 @@
 """Mini-batch iterator: shuffling, deterministic sharding over workers, exact resume.
 
-Sharding (DESIGN section 9): every epoch has one permutation of ``0..N-1`` drawn from
+Sharding (docs/design.md section 9): every epoch has one permutation of ``0..N-1`` drawn from
 ``(seed, epoch)`` -- the same on every worker. The epoch is consumed in global steps of
 ``batch_size * world_size`` indices; worker ``rank`` takes every ``world_size``-th index of each
 step, starting at ``rank``. So across the workers every index appears exactly once per epoch, and

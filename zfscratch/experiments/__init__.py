@@ -1,4 +1,4 @@
-"""The paper's experiments, one module per figure/table (DESIGN §8).
+"""The paper's experiments, one module per figure/table (docs/design.md section 7).
 
 Each module exposes a function taking ``(net, meta, dataset, out_dir, ...)`` that returns a dict of
 numbers and figure paths, plus the pieces it is built from:

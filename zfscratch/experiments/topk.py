@@ -8,7 +8,7 @@ Two passes over the data:
    spatial maximum (first in row-major order on ties), so the top-9 of a map are nine different
    images, as in the paper. Per batch the work is one ``argmax`` over each map's positions and a
    sort of the ``(batch + k) x maps`` candidate maxima (never of all activations). The state is a
-   small mergeable record (:class:`TopK`, :func:`merge`; DESIGN §9): shards searched separately
+   small mergeable record (:class:`TopK`, :func:`merge`; docs/design.md section 9): shards searched separately
    and merged give exactly the result of one pass. Order within a map: value descending, then
    image index ascending -- so ties are resolved the same way however the data was split.
 2. **Projection** (:func:`topk_project`): the kept activations are projected one by one with the

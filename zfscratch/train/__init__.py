@@ -20,7 +20,7 @@ and writes a *run directory*::
 confusion matrix; ``evaluate_weights(weights, data, ...)`` does the same from a weights file and
 writes ``evaluation.json`` + ``confusion.png``.
 
-Recipe (DESIGN §4, paper §3): SGD with momentum 0.9, weight decay 5e-4, dropout 0.5 on fc6/fc7,
+Recipe (docs/design.md section 4, paper §3): SGD with momentum 0.9, weight decay 5e-4, dropout 0.5 on fc6/fc7,
 conv filters renormalized to RMS <= 0.1 after every step, lr divided by 10 when the validation
 accuracy stops improving (``optim.PlateauSchedule``), per-pixel mean subtraction, random crops and
 horizontal flips.
@@ -35,7 +35,7 @@ state, weights, optimizer velocities, lr, schedule state, dropout states, runnin
 history), so a run killed at any point and resumed with ``resume=True`` produces
 bit-identical weights to an uninterrupted run on the same backend and thread count. The iterator's
 position is global (it shards each global batch over ``(rank, world_size)``), so the checkpoint does
-not depend on the number of workers (DESIGN §9).
+not depend on the number of workers (docs/design.md section 9).
 
 Layout: :mod:`.data` (datasets, validation split, :class:`Cached`), :mod:`.evaluation`, :mod:`.plots`,
 :mod:`.rundir` (run-directory files, checkpoints), :mod:`.options` (defaults and validation),
