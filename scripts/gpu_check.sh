@@ -185,7 +185,7 @@ for what, shape in (("pool1+norm1", (N, 96, 110, 110)), ("pool2+norm2", (N, 256,
     y, sw = gpu.maxpool_forward(x, 3, 2, True)
     yl, sc = gpu.lrn_forward(y, 5, 1e-4, 0.75, 2.0)
     print(f"{what}: pool fwd {ms(lambda: gpu.maxpool_forward(x, 3, 2, True)):.2f} bwd "
-          f"{ms(lambda: gpu.maxpool_backward(y, sw, x.shape)):.2f}, lrn fwd "
+          f"{ms(lambda: gpu.maxpool_backward(y, sw, x.shape, 3, 2)):.2f}, lrn fwd "
           f"{ms(lambda: gpu.lrn_forward(y, 5, 1e-4, 0.75, 2.0)):.2f} bwd "
           f"{ms(lambda: gpu.lrn_backward(y, y, yl, sc, 5, 1e-4, 0.75, 2.0)):.2f}, relu fwd "
           f"{ms(lambda: gpu.relu_forward(x)):.2f} ms")
@@ -237,9 +237,7 @@ for dt in (np.float32, np.float64):
     x = d(3, 5, 13, 11)
     for k, s, c in ((3, 2, True), (3, 2, False), (2, 2, True)):
         y, sw = gpu.maxpool_forward(x, k, s, c)
-        gpu.maxpool_backward(cupy.ones_like(y), sw, x.shape)
-        foreign = cupy.asarray(rng.integers(0, 13 * 11, size=sw.shape).astype(np.int32))
-        gpu.maxpool_backward(cupy.ones_like(y), foreign, x.shape)  # gather + atomic fix-up
+        gpu.maxpool_backward(cupy.ones_like(y), sw, x.shape, k, s)
     r = gpu.relu_forward(x)
     gpu.relu_backward(x, r)
     y, sc = gpu.lrn_forward(x, 5, 1e-4, 0.75, 2.0)
