@@ -138,3 +138,20 @@ def test_stale_temps_removed_at_lock(tmp_path):
         pass
     assert not stale.exists() and not stale2.exists()
     assert live.exists() and other.exists() and target.read_text() == "keep"
+
+
+def test_planted_manifest_cannot_make_links_or_crash(tmp_path):
+    import json
+
+    from zfscratch.pipeline.runner import load_manifest
+    from zfscratch.report import render_block, safe_href
+    for bad in ("javascript:alert(1)", " JavaScript:x", "data:text/html,x", "http://evil/x.png", "/etc/passwd",
+                "../x.png", "a/../../x.png", "java\nscript:x"):
+        assert safe_href(bad) == ""
+        assert "href" not in render_block(("fig", bad, "c"))
+    assert safe_href("filters/conv1.png") == "filters/conv1.png"
+    for text, words in (("[1, 2]", "JSON list"), ("[" * 100000 + "]" * 100000, "manifest"),
+                        (json.dumps({"format": "zfscratch-run-manifest", "stages": {"../x": {}}}), "safe name")):
+        (tmp_path / "manifest.json").write_text(text)
+        with pytest.raises(UserError, match=words):
+            load_manifest(tmp_path)

@@ -76,6 +76,16 @@ def _is_num(v):
         return False
 
 
+def safe_href(path):
+    """A figure path as a link: relative, inside the report folder, no scheme (``javascript:``, ``data:``,
+    ``http:``) -- a planted manifest cannot make the page run or fetch anything; "" otherwise."""
+    p = str(path).strip().replace("\\", "/")
+    first = p.split("/", 1)[0]
+    if not p or ":" in first or p.startswith("/") or ".." in p.split("/") or any(ord(c) < 32 for c in p):
+        return ""
+    return p
+
+
 def render_block(block):
     """One block (see the module docstring) -> HTML."""
     kind = block[0]
@@ -83,7 +93,9 @@ def render_block(block):
         _, path, caption = block
         if not path:
             return ""
-        p = esc(path)
+        p = esc(safe_href(path))
+        if not p:
+            return ""
         return (f'<figure><a href="{p}"><img src="{p}" alt="{esc(caption or path)}" loading="lazy"></a>'
                 f"<figcaption>{esc(caption)}</figcaption></figure>")
     if kind == "table":

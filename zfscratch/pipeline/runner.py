@@ -199,9 +199,18 @@ def load_manifest(out):
     try:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)
+        if not isinstance(m, dict):
+            raise ValueError(f"a JSON {type(m).__name__}, expected an object")
         if m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("stages"), dict):
             raise ValueError("not a run manifest")
+        from zfscratch.util.files import is_safe_name
+        bad = [k for k in m["stages"] if not is_safe_name(k)]
+        if bad:
+            raise ValueError(f"stage name {bad[0][:40]!r} is not a safe name")
         return m
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a zfscratch run manifest; remove it or use another "
+                        f"--out") from None
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a zfscratch run manifest ({e}); remove it or use another --out") from None
 
