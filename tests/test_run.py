@@ -258,6 +258,32 @@ def test_optional_stage_runs_only_when_named(tiny_run, tmp_path, monkeypatch):
     assert calls == [] and res["stages"]["normalization"]["status"] == "done"
 
 
+def test_stage_without_its_optional_library_is_skipped_then_computed(tiny_run, tmp_path, monkeypatch):
+    """A stage whose pip extra is missing is skipped with a note (not a failure), and the next run that
+    finds the library computes it."""
+    out = _copy(tiny_run[0], tmp_path)
+    _tiny(monkeypatch)
+    real = pipeline.build_stages
+
+    def build(profile="default", **kw):
+        stages = real(profile, **kw)
+        for st in stages:
+            if st.name == "sanity":
+                st.requires = (("zfscratch_no_such_module",), "sanity")
+        return stages
+    monkeypatch.setattr(pipeline, "build_stages", build)
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None,
+                                stages=["sanity"], force=True)
+    e = res["stages"]["sanity"]
+    assert res["failed"] == [] and e["status"] == "skipped"
+    assert "zfscratch_no_such_module" in e["result"]["skipped"] and "zfscratch[sanity]" in e["result"]["skipped"]
+    assert "Skipped: needs zfscratch_no_such_module" in _sections(_html(out))["sanity"]
+    monkeypatch.setattr(pipeline, "build_stages", real)
+    calls = _forbid_stage_calls(monkeypatch, allowed=("sanity",))
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None)
+    assert calls == ["sanity"] and res["stages"]["sanity"]["status"] == "done"
+
+
 def test_lcn_window_shrinks_to_fit_small_maps():
     from zfscratch.models import build_model
     from zfscratch.pipeline.sections.normalization import _lcn_size

@@ -74,6 +74,9 @@ class Stage:
         then says how to ask for it
     needs_history : skipped (with a one-line note) when the report is built on ``--weights`` (no
         training run, hence no snapshots or curves)
+    requires : ``(modules, extra)``: optional libraries the stage needs (e.g. ``(("scipy", "skimage"),
+        "sanity")``); without them it is skipped with a note naming the pip extra, and computed by the
+        next run that finds them
     """
 
     name: str
@@ -88,6 +91,7 @@ class Stage:
     synthetic_only: bool = False
     optional: bool = False
     needs_history: bool = False
+    requires: tuple = ()
 
 
 class Context:
@@ -419,6 +423,14 @@ def _default_command(out, quick, be, backend, data, force, profile="default", we
             + (f" --data {_q(data)}" if data else "") + opts + (" --force" if force else ""))
 
 
+def _missing_modules(requires):
+    """The modules of a stage's ``requires`` that cannot be imported here."""
+    if not requires:
+        return []
+    import importlib.util
+    return [m for m in requires[0] if importlib.util.find_spec(m) is None]
+
+
 class _Run:
     """One pass over the stages: decides per stage whether to run, reuse or skip it, records the outcome
     in the manifest (saved after every stage) and keeps the run tokens that chain the hashes."""
@@ -453,6 +465,15 @@ class _Run:
             self.last[st.name] = "reused"
             log(f"{head} reused (computed {entry.get('finished', '?')} in {entry.get('seconds', 0):.1f} s)")
             return
+        elif _missing_modules(st.requires):
+            mods, extra = st.requires
+            res = {"skipped": f"needs {', '.join(_missing_modules(st.requires))} (pip install "
+                              f"'zfscratch[{extra}]'), not installed here"}
+            # no hash: a later run with the libraries installed computes the stage
+            self._record(st.name, {"hash": None, "status": "skipped", "token": None, "result": res, "files": [],
+                                   "seconds": 0.0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, "skipped")
+            ctx.results[st.name] = res
+            log(f"{head} skipped: {res['skipped']}")
         elif (st.synthetic_only and not ctx.synthetic) or (st.needs_history and self.weights):
             res = {"skipped": f"needs part landmarks, which only the synthetic data has (data: {ctx.spec})"
                    if st.synthetic_only and not ctx.synthetic else

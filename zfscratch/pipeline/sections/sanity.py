@@ -42,4 +42,4 @@ def section(p, budget):
         "that explains the model must change when the weights do: watch which rule's correlation with the "
         "trained map falls towards 0 and which stays high (guided backprop and the DeconvNet are known to "
         "stay close to an edge detector of the image).",
-        cmds_sanity, render_sanity)
+        cmds_sanity, render_sanity, requires=(("scipy", "skimage"), "sanity"))
