@@ -78,6 +78,9 @@ def main(argv=None):
         return 141
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            # any other OSError is a failure like any exception: under MPI it must stop every rank
+            if distributed.current() is not None:
+                distributed.exit_on_error(e, 1)
             raise
         print(f"zfscratch: error: {e.filename or 'write'}: {e.strerror}", file=sys.stderr)
         return 2
