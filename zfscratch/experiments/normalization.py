@@ -20,6 +20,31 @@ from zfscratch.experiments import _shared as S
 from zfscratch.models import NORMS
 
 
+def compare_norms(models, val, out_dir, topk_images=500, topk_maps=4, probe_images=64, batch=64, progress=True):
+    """Compare trained models that differ in their normalization: :func:`~zfscratch.experiments.architecture.compare`
+    (conv1 filters, dead/never-active fractions, HF energy, accuracy, ``normalization.png``) plus each
+    model's layer-2 top-9 (``out_dir/<norm>/topk/topk_relu2.png``, Fig 2 layout).
+
+    Parameters
+    ----------
+    models : dict norm -> (net, meta, val_accuracy or None)
+    val : validation dataset (accuracy, probe images, top-9 scan of its first ``topk_images``)
+
+    Returns
+    -------
+    ``compare``'s dict, with ``topk_figure`` and ``norm`` added to every model's entry.
+    """
+    from zfscratch.experiments.architecture import compare
+    from zfscratch.experiments.topk import run_topk
+    out = compare(models, val, out_dir, probe_images=min(probe_images, len(val)), batch=batch, progress=progress,
+                  name="normalization", title="Normalization: LRN vs LCN vs none (same training budget)")
+    for norm, (net, meta, _) in models.items():
+        res = run_topk(net, meta, val, os.path.join(out_dir, norm, "topk"), layers=["relu2"], maps=topk_maps,
+                       images=min(int(topk_images), len(val)), batch=batch, progress=progress)
+        out["models"][norm].update(topk_figure=res["layers"]["relu2"]["figure"], norm=norm)
+    return out
+
+
 def normalization(data, out_dir, norms=NORMS, arch="zfnet_small", epochs=2, batch=64, lr=None, backend=None,
                   seed=0, input_size=None, topk_images=500, topk_maps=4, progress=True, overwrite=False,
                   train_options=None):
@@ -42,8 +67,6 @@ def normalization(data, out_dir, norms=NORMS, arch="zfnet_small", epochs=2, batc
     by norm, ``table_markdown`` with a top-9 column, ``figure``, ``json``) plus ``runs``, ``budget``
     and per model ``topk_figure``.
     """
-    from zfscratch.experiments.architecture import compare
-    from zfscratch.experiments.topk import run_topk
     from zfscratch.io import load_weights
     from zfscratch.train import resolve_data, train_model
     norms = tuple(norms)
@@ -64,14 +87,8 @@ def normalization(data, out_dir, norms=NORMS, arch="zfnet_small", epochs=2, batc
         net, meta = load_weights(r["weights"], backend=backend)
         models[norm] = (net, meta, r.get("val_acc"))
         runs[norm] = run
-    out = compare(models, val, out_dir, batch=batch, progress=progress, name="normalization",
-                  title="Normalization: LRN vs LCN vs none (same training budget)")
     n_top = min(int(topk_images), len(val))
-    for norm, (net, meta, _) in models.items():
-        res = run_topk(net, meta, val, os.path.join(runs[norm], "topk"), layers=["relu2"], maps=topk_maps,
-                       images=n_top, batch=batch, progress=progress)
-        out["models"][norm]["topk_figure"] = res["layers"]["relu2"]["figure"]
-        out["models"][norm]["norm"] = norm
+    out = compare_norms(models, val, out_dir, topk_images=n_top, topk_maps=topk_maps, batch=batch, progress=progress)
     md = ["| norm | val. accuracy | conv1 HF energy | dead conv1 filters | never-active conv1 maps |",
           "|---|---|---|---|---|"]
     for norm, st in out["models"].items():

@@ -25,8 +25,7 @@ def _lcn_size(net, default=5):
 
 
 def stage_normalization(ctx, cfg):
-    from zfscratch.experiments.architecture import compare
-    from zfscratch.experiments.topk import run_topk
+    from zfscratch.experiments.normalization import compare_norms
     from zfscratch.io import load_weights
     from zfscratch.models import _LCN, NORMS
     from zfscratch.train import train_model
@@ -45,17 +44,11 @@ def stage_normalization(ctx, cfg):
         models[norm] = (*load_weights(r["weights"], backend=ctx.backend), r.get("val_acc"))
         elapsed[norm] = r.get("elapsed_s")
     models = {n: models[n] for n in NORMS}
-    c = compare(models, val, out, probe_images=min(cfg["probe"], len(val)), batch=64, progress=ctx.progress,
-                name="normalization", title="Normalization: LRN vs LCN vs none (same training budget)")
-    res = {"figure": c["figure"], "json": c["json"], "lcn": lcn, "elapsed_s": elapsed, "split": split, "models": {}}
-    for norm, (m, mm, _) in models.items():
-        t = run_topk(m, mm, val, os.path.join(out, norm, "topk"), layers=["relu2"], maps=cfg["topk_maps"],
-                     images=min(cfg["topk_images"], len(val)), progress=ctx.progress)
-        st = c["models"][norm]
-        res["models"][norm] = {k: st.get(k) for k in ("dead_fraction", "never_active_fraction", "hf_energy",
-                                                       "val_accuracy", "filter_figure")}
-        res["models"][norm]["topk_figure"] = t["layers"]["relu2"]["figure"]
-    return res
+    c = compare_norms(models, val, out, topk_images=cfg["topk_images"], topk_maps=cfg["topk_maps"],
+                      probe_images=cfg["probe"], batch=64, progress=ctx.progress)
+    keep = ("dead_fraction", "never_active_fraction", "hf_energy", "val_accuracy", "filter_figure", "topk_figure")
+    return {"figure": c["figure"], "json": c["json"], "lcn": lcn, "elapsed_s": elapsed, "split": split,
+            "models": {norm: {k: st.get(k) for k in keep} for norm, st in c["models"].items()}}
 
 
 def render_normalization(res, ctx):
