@@ -22,8 +22,21 @@ import numpy as np  # noqa: E402
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 
+def _in_notebook():
+    """True inside a Jupyter kernel (``sys.argv`` then holds the kernel's own ``-f connection.json``)."""
+    import sys
+    return "ipykernel" in sys.modules and "-f" in sys.argv[1:]
+
+
 def parse_args(doc, argv=None, extra=None):
-    """Common options. ``extra(parser)`` may add demo-specific ones."""
+    """Common options. ``extra(parser)`` may add demo-specific ones.
+
+    Run as a notebook (``jupytext --to notebook demos/01_conv.py``), the options come from the
+    environment variable ``ZFSCRATCH_DEMO_ARGS`` (e.g. ``"--fast --out /tmp/x"``; default: none).
+    """
+    if argv is None and _in_notebook():
+        import shlex
+        argv = shlex.split(os.environ.get("ZFSCRATCH_DEMO_ARGS", ""))
     title = (doc or "").strip().splitlines()[0] if doc else None
     p = argparse.ArgumentParser(description=title)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the PNG (default {DEFAULT_OUT})")
