@@ -101,3 +101,19 @@ def test_zfnet_small_overfits_32_samples():
             break
     pred = net.backend.to_host(net.forward(x)).argmax(1)
     assert np.mean(pred == y) == 1.0
+
+
+def test_mixed_init_is_he_with_a_paper_conv1():
+    """init="mixed": conv1 N(0, 0.01^2) as the paper, every other conv He's N(0, 2/fan_in), fc8 0.01."""
+    import math
+
+    from zfscratch.models import build_model
+    net = build_model({"arch": "zfnet_small", "input_size": 48, "num_classes": 6, "init": "mixed"}, seed=3)
+    w = {l.name: np.asarray(l.params["w"]) for l in net.layers if "w" in getattr(l, "params", {})}
+    assert abs(w["conv1"].std() - 0.01) < 0.002
+    fan2 = w["conv2"][0].size
+    assert abs(w["conv2"].std() - math.sqrt(2.0 / fan2)) < 0.1 * math.sqrt(2.0 / fan2)
+    last = list(w)[-1]
+    assert abs(w[last].std() - 0.01) < 0.002
+    he = build_model({"arch": "zfnet_small", "input_size": 48, "num_classes": 6, "init": "he"}, seed=3)
+    assert np.asarray(he.layers[0].params["w"]).std() > 0.09

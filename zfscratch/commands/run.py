@@ -42,7 +42,8 @@ def register(sub):
     g.add_argument("--lr", type=float, default=None, help="initial learning rate")
     g.add_argument("--lr-schedule", default=None, choices=("plateau", "cosine"))
     g.add_argument("--warmup", type=float, default=None, metavar="EPOCHS", help="linear lr warm-up")
-    g.add_argument("--init", default=None, choices=("paper", "he"), help="weight initialization")
+    g.add_argument("--init", default=None, choices=("paper", "he", "mixed"),
+                   help="weight initialization (mixed: He, conv1 N(0, 0.01^2))")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability on fc6/fc7")
     g.add_argument("--augment", default=None, metavar="LIST", help="flip,crop | flip | crop | none")
     p.add_argument("--architecture", action="store_true", default=None,

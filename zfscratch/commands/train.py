@@ -85,10 +85,12 @@ def register(sub):
     g.add_argument("--conv2", default=None, metavar="K,S,P")
     g.add_argument("--widths", default=None, metavar="W1,...,W5", help="conv1..conv5 widths")
     g.add_argument("--fc", type=int, default=None, help="width of fc6/fc7")
-    g.add_argument("--init", choices=("paper", "he"), default=None,
+    g.add_argument("--init", choices=("paper", "he", "mixed"), default=None,
                    help="weight initialization: paper = N(0, 0.01^2) (the zfnet preset; starves deep nets "
                         "trained from scratch at small budgets), he = N(0, 2/fan_in) with fc8 N(0, 0.01^2) "
-                        "(zfnet_small/alexnet_like default); recorded in the weights' config")
+                        "(zfnet_small/alexnet_like default), mixed = he with conv1 N(0, 0.01^2) (conv1 filters learn "
+                        "structure instead of keeping init noise; the default run's recipe); recorded in the "
+                        "weights' config")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability on fc6/fc7 (default 0.5)")
     g.add_argument("--norm", choices=("lrn", "lcn", "none"), default=None,
                    help="normalization after pool1/pool2: lrn = cross-channel local response normalization "
