@@ -187,3 +187,23 @@ def test_cli_filters_and_errors(tmp_path, capsys):
     assert main(["visualize", "--weights", str(w), "--maps", "0", "--out", str(tmp_path / "v")]) == 2
     assert main(["evolution", "--run", str(tmp_path / "norun")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_legibility_rule_enlarges_or_raises():
+    """Text under 12 px on screen is enlarged by default and refused with strict=True; the report's
+    1124-px display width scales a wider figure's text down before the check."""
+    from zfscratch.util.figures import IllegibleFigure, enforce_legible, min_text_px, new_figure, png_bytes
+    fig = new_figure(4, 3, dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_title("tiny", fontsize=4)
+    ax.set_xticks([]), ax.set_yticks([])
+    assert min_text_px(fig) < 12
+    with pytest.raises(IllegibleFigure, match="tiny"):
+        png_bytes(fig, strict=True)
+    enforce_legible(fig, strict=False)
+    assert min_text_px(fig) >= 12 - 1e-6
+    wide = new_figure(22.48, 2, dpi=100)  # 2248 px: shown at half size in the report
+    wide.text(0.5, 0.5, "wide", fontsize=10)
+    assert abs(min_text_px(wide) - 10 * 100 / 72 / 2) < 1e-6
+    assert png_bytes(wide, strict=False)[:4] == b"\x89PNG"
+    assert min_text_px(wide) >= 12 - 1e-6

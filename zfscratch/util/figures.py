@@ -17,7 +17,7 @@ that is visible and non-empty (titles, axis labels, tick labels, legends, annota
 
 In production :func:`png_bytes` fixes, it does not crash: text below the minimum is enlarged to it
 (a figure with small text is still better written than lost at the end of a long run). With
-``strict=True``, or the environment variable ``ZFSCRATCH_STRICT_FIGURES=1`` (the tests set it), it
+``strict=True``, or the environment variable ``ZFSCRATCH_STRICT_FIGURES=1`` (for checking figure code), it
 raises :class:`IllegibleFigure` naming each offending text instead, so figure code that relies on
 the enlargement is caught.
 """
