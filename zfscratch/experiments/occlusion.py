@@ -269,34 +269,39 @@ def _heat_extent(res):
 
 
 def plot_occlusion(res, image, projection, names, path, bbox=None, title=None):
-    """Figure like the paper's Fig 7: input, (b) projection, (a) activation map, (c) P(true class)
-    map, (d) most-probable-label map with a legend. ``image``: (H, W, 3) in [0, 1]."""
+    """Figure like the paper's Fig 7, panels in its order: (a) the input with the grey occluder drawn where
+    P(true) is lowest, (b) total activation of the strongest layer-5 map, (c) that map's DeconvNet
+    projection for the unoccluded image, (d) P(true class) and (e) the most probable label, per occluder
+    centre. ``image``: (H, W, 3) in [0, 1]. 11.2 in wide at 100 dpi, so the report shows it at natural
+    size and the default 10-pt text stays >= 12 px (:mod:`zfscratch.util.figures`)."""
     from matplotlib.patches import Patch, Rectangle
 
     from zfscratch.viz import to_display
     H, W = image.shape[:2]
-    fig = S.figure(19, 4.2)
+    fig = S.figure(11.2, 3.4)
     axes = fig.subplots(1, 5)
+    fig.subplots_adjust(left=0.01, right=0.93, wspace=0.32)
     ext = _heat_extent(res)
+    mx, my = min_position(res)
     ax = axes[0]
     ax.imshow(image, interpolation="nearest")
-    ax.set_title(f"input: {names[res['label']]}\nP(true) = {res['base_prob_true']:.3f}")
+    half = res["patch"] / 2.0
+    ax.add_patch(Rectangle((mx - half - 0.5, my - half - 0.5), res["patch"], res["patch"], fc="0.5", ec="k", lw=1))
+    ax.set_title(f"(a) {names[res['label']]}\nP(true) {res['base_prob_true']:.2f}")
     ax = axes[1]
-    if projection is not None:
-        ax.imshow(to_display(projection), interpolation="nearest")
-    ax.set_title(f"(b) projection of {res['layer']} map {res['map_index']}\n(unoccluded image)")
-    ax = axes[2]
     im = ax.imshow(res["activation"], extent=ext, cmap="viridis", interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title(f"(a) total activation, {res['layer']} map {res['map_index']}\n"
-                 f"(unoccluded {res['base_activation']:.3g})")
+    ax.set_title(f"(b) {res['layer']} map {res['map_index']}\nactivation")
+    ax = axes[2]
+    if projection is not None:
+        ax.imshow(to_display(projection), interpolation="nearest")
+    ax.set_title("(c) its projection\n(unoccluded)")
     ax = axes[3]
     im = ax.imshow(res["prob_true"], extent=ext, cmap="jet", vmin=0, vmax=max(1e-6, res["prob_true"].max()),
                    interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    mx, my = min_position(res)
     ax.plot([mx], [my], "w+", ms=12, mew=2)
-    ax.set_title(f"(c) P({names[res['label']]}) vs occluder centre")
+    ax.set_title(f"(d) P({names[res['label']]})")
     ax = axes[4]
     labs = np.unique(res["top_label"])
     cmap = S.colormap("tab20" if len(labs) > 10 else "tab10")
@@ -305,8 +310,8 @@ def plot_occlusion(res, image, projection, names, path, bbox=None, title=None):
     colors = np.array([cmap(i % cmap.N) for i in range(len(labs))])
     ax.imshow(colors[idx], extent=ext, interpolation="nearest")
     ax.legend(handles=[Patch(color=colors[lut[int(l)]], label=names[int(l)]) for l in labs],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    ax.set_title("(d) most probable label")
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    ax.set_title("(e) most probable\nlabel")
     for ax in axes:
         ax.set_xlim(-0.5, W - 0.5)
         ax.set_ylim(H - 0.5, -0.5)

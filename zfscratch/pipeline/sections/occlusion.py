@@ -64,9 +64,10 @@ def render_occlusion(res, ctx):
                                       "numbers as full forward passes, to float rounding)"
                        if all(it.get("incremental") for it in res["images"]) else "full forward passes")])]
     for it in res["images"]:
-        blocks.append(("fig", it["figure"], f"Image {it['index']} ({it['label_name']}): input, (b) projection of "
-                                            f"{it['layer']} map {it['map_index']}, (a) its total activation, (c) "
-                                            "P(true class) and (d) the most probable label, per occluder position."))
+        blocks.append(("fig", it["figure"], f"Image {it['index']} ({it['label_name']}): (a) input with the occluder "
+                                            f"where P(true) is lowest, (b) total activation of {it['layer']} map "
+                                            f"{it['map_index']}, (c) its projection, (d) P(true class) and (e) the "
+                                            "most probable label, per occluder position (paper Fig 7)."))
     return blocks
 
 
