@@ -9,6 +9,7 @@ ORDER = 5
 
 def register(sub):
     from zfscratch.commands._args import add_backend_arg
+    from zfscratch.models import INIT_SCHEMES
     p = sub.add_parser(
         "run", help="the main job: train on the embedded synthetic data, run every paper experiment, write an "
                     "offline HTML report",
@@ -42,7 +43,7 @@ def register(sub):
     g.add_argument("--lr", type=float, default=None, help="initial learning rate")
     g.add_argument("--lr-schedule", default=None, choices=("plateau", "cosine"))
     g.add_argument("--warmup", type=float, default=None, metavar="EPOCHS", help="linear lr warm-up")
-    g.add_argument("--init", default=None, choices=("paper", "he", "mixed"),
+    g.add_argument("--init", default=None, choices=INIT_SCHEMES,
                    help="weight initialization (mixed: He, conv1 N(0, 0.01^2))")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability on fc6/fc7")
     g.add_argument("--augment", default=None, metavar="LIST", help="flip,crop | flip | crop | none")

@@ -29,7 +29,7 @@ def _ints(s, opt):
 
 def register(sub):
     from zfscratch.commands._args import add_backend_arg, add_distributed_arg
-    from zfscratch.models import ARCHS
+    from zfscratch.models import ARCHS, INIT_SCHEMES
     from zfscratch.train import DEFAULTS as D
 
     p = sub.add_parser(
@@ -85,7 +85,7 @@ def register(sub):
     g.add_argument("--conv2", default=None, metavar="K,S,P")
     g.add_argument("--widths", default=None, metavar="W1,...,W5", help="conv1..conv5 widths")
     g.add_argument("--fc", type=int, default=None, help="width of fc6/fc7")
-    g.add_argument("--init", choices=("paper", "he", "mixed"), default=None,
+    g.add_argument("--init", choices=INIT_SCHEMES, default=None,
                    help="weight initialization: paper = N(0, 0.01^2) (the zfnet preset; starves deep nets "
                         "trained from scratch at small budgets), he = N(0, 2/fan_in) with fc8 N(0, 0.01^2) "
                         "(zfnet_small/alexnet_like default), mixed = he with conv1 N(0, 0.01^2) (conv1 filters learn "
