@@ -53,11 +53,16 @@ def text_scale(fig, dpi=None):
     return dpi / 72.0 * min(1.0, REPORT_MAX_PX / max(width_px, 1.0))
 
 
+def _small_artists(fig, dpi, min_px):
+    """The visible texts of ``fig`` below ``min_px`` on screen, and the screen pixels per point."""
+    k = text_scale(fig, dpi)
+    return [t for t in _visible_texts(fig) if t.get_fontsize() * k < min_px - 1e-6], k
+
+
 def small_texts(fig, dpi=None, min_px=MIN_TEXT_PX):
     """``[(text, px)]`` for each visible text of ``fig`` smaller than ``min_px`` on screen."""
-    k = text_scale(fig, dpi)
-    return [(t.get_text(), t.get_fontsize() * k) for t in _visible_texts(fig)
-            if t.get_fontsize() * k < min_px - 1e-6]
+    small, k = _small_artists(fig, dpi, min_px)
+    return [(t.get_text(), t.get_fontsize() * k) for t in small]
 
 
 def min_text_px(fig, dpi=None):
@@ -71,14 +76,12 @@ def enforce_legible(fig, dpi=None, strict=None, min_px=MIN_TEXT_PX):
     each too-small text to the minimum. ``strict=None`` reads ``ZFSCRATCH_STRICT_FIGURES``."""
     if strict is None:
         strict = os.environ.get("ZFSCRATCH_STRICT_FIGURES", "") not in ("", "0")
-    bad = small_texts(fig, dpi, min_px)
-    if bad and strict:
-        listing = "; ".join(f"{txt[:40]!r}: {px:.1f} px" for txt, px in bad[:8])
-        raise IllegibleFigure(f"{len(bad)} text(s) below {min_px:g} px on screen: {listing}")
-    k = text_scale(fig, dpi)
-    for t in _visible_texts(fig):
-        if t.get_fontsize() * k < min_px:
-            t.set_fontsize(min_px / k)
+    small, k = _small_artists(fig, dpi, min_px)
+    if small and strict:
+        listing = "; ".join(f"{t.get_text()[:40]!r}: {t.get_fontsize() * k:.1f} px" for t in small[:8])
+        raise IllegibleFigure(f"{len(small)} text(s) below {min_px:g} px on screen: {listing}")
+    for t in small:  # one walk over the texts: the ones found too small are the ones enlarged
+        t.set_fontsize(min_px / k)
 
 
 def new_figure(width, height, dpi=100, layout=None):
