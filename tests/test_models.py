@@ -91,7 +91,9 @@ def test_zfnet_small_overfits_32_samples():
     net = models.zfnet_small(num_classes=4, input_size=32, dropout=0.0, backend=_fastest())
     x, y = _class_batch()
     loss_fn = SoftmaxCrossEntropy(net.backend)
-    opt = SGD(net, lr=0.02, momentum=0.9, weight_decay=0.0)
+    # lr 0.02 sits at the edge of stability for this batch (the loss climbs to ~2.5 before it falls, and
+    # thread-order rounding decides whether it fits by step 80); 0.01 fits by step 20 with margin.
+    opt = SGD(net, lr=0.01, momentum=0.9, weight_decay=0.0)
     for step in range(80):
         net.zero_grads()
         loss_fn.forward(net.forward(x, train=True), y)
