@@ -73,6 +73,91 @@ def parse_meta_json(raw, where):
     return meta
 
 
+def _not_npz(what, path, msg):
+    """The one-line error for a file that is not a readable ``.npz``; ``msg`` says why."""
+    return UserError(f"{what} {path} is not a valid .npz file: {msg}")
+
+
+def _check_zip_signature(path, what):
+    """Refuse a file that does not start with a zip local-file header.
+
+    Checked before ``zipfile`` sees it because ``np.load`` would otherwise try to unpickle unknown files.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise UserError(f"{what} {path} is not a valid .npz file (no zip signature)")
+
+
+def _check_zip_directory(infos, path, what, max_bytes):
+    """Check the zip directory's declared sizes before anything is decompressed.
+
+    Parameters
+    ----------
+    infos : list of zipfile.ZipInfo, the archive's entries
+    max_bytes : int, most bytes all entries may unpack to together
+
+    Raises
+    ------
+    UserError
+        more than :data:`MAX_ENTRIES` entries, more than ``max_bytes`` in all, or an entry over 1 MiB
+        compressed more than :data:`MAX_RATIO` times (a zip bomb).
+    """
+    if len(infos) > MAX_ENTRIES:
+        raise _not_npz(what, path, f"{len(infos)} entries, more than {MAX_ENTRIES}")
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise UserError(f"{what} {path} declares {total} bytes of arrays, more than the {max_bytes} "
+                        f"allowed (refused before reading)")
+    for i in infos:
+        if i.file_size > _RATIO_FLOOR and i.file_size > MAX_RATIO * max(i.compress_size, 1):
+            raise UserError(f"{what} {path}: entry {i.filename} unpacks {i.file_size} bytes from "
+                            f"{i.compress_size} (ratio over {MAX_RATIO}: refused as a zip bomb)")
+
+
+def _read_npy_entry(z, info, path, what):
+    """Read one ``.npy`` entry of an open zip, its header checked before its data is read.
+
+    Parameters
+    ----------
+    z : zipfile.ZipFile, open for reading
+    info : zipfile.ZipInfo, the entry (its ``file_size`` already checked by :func:`_check_zip_directory`)
+
+    Returns
+    -------
+    numpy array of the header's shape and dtype, writeable (copied when the buffer is read-only)
+
+    Raises
+    ------
+    UserError
+        an unsupported ``.npy`` version, an object dtype (never unpickled), a shape whose bytes exceed
+        the entry's declared size, or truncated data.
+    """
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _not_npz(what, path, f"entry {info.filename}: unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise UserError(f"{what} {path} holds object arrays, which are refused (no pickles)")
+        # object-dtype product: a hostile shape must not overflow int64 into a small, passing size
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > info.file_size:
+            raise _not_npz(what, path, f"entry {info.filename} declares shape {shape} ({nbytes} bytes) but "
+                                       f"holds {info.file_size} bytes")
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise _not_npz(what, path, f"entry {info.filename} is truncated")
+    a = np.frombuffer(data, dtype=dtype)
+    if shape:
+        a = a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+    else:
+        a = a.reshape(())
+    return a.copy() if not a.flags.writeable else a
+
+
 def read_npz(path, what="npz file", max_bytes=None):
     """Read every array of an ``.npz`` with sizes checked before anything is decompressed or allocated.
 
@@ -99,56 +184,24 @@ def read_npz(path, what="npz file", max_bytes=None):
         raise UserError(f"{what} {path} does not exist")
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} is not a regular file")
-    bad = lambda msg: UserError(f"{what} {path} is not a valid .npz file: {msg}")  # noqa: E731
+    # every step below runs inside this try: whatever the libraries raise on a malformed file
+    # becomes the one-line "not a valid .npz file" error
     try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # np.load would otherwise try to unpickle unknown files
-                raise UserError(f"{what} {path} is not a valid .npz file (no zip signature)")
+        _check_zip_signature(path, what)
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-            if len(infos) > MAX_ENTRIES:
-                raise bad(f"{len(infos)} entries, more than {MAX_ENTRIES}")
-            total = sum(i.file_size for i in infos)
-            if total > max_bytes:
-                raise UserError(f"{what} {path} declares {total} bytes of arrays, more than the {max_bytes} "
-                                f"allowed (refused before reading)")
-            for i in infos:
-                if i.file_size > _RATIO_FLOOR and i.file_size > MAX_RATIO * max(i.compress_size, 1):
-                    raise UserError(f"{what} {path}: entry {i.filename} unpacks {i.file_size} bytes from "
-                                    f"{i.compress_size} (ratio over {MAX_RATIO}: refused as a zip bomb)")
+            _check_zip_directory(infos, path, what, max_bytes)
             arrays = {}
             for i in infos:
                 name = i.filename[:-4] if i.filename.endswith(".npy") else i.filename
-                with z.open(i) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                    elif version in ((2, 0), (3, 0)):
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-                    else:
-                        raise bad(f"entry {i.filename}: unsupported .npy version {version}")
-                    if dtype.hasobject:
-                        raise UserError(f"{what} {path} holds object arrays, which are refused (no pickles)")
-                    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                    if nbytes > i.file_size:
-                        raise bad(f"entry {i.filename} declares shape {shape} ({nbytes} bytes) but holds "
-                                  f"{i.file_size} bytes")
-                    data = f.read(nbytes)
-                    if len(data) != nbytes:
-                        raise bad(f"entry {i.filename} is truncated")
-                    a = np.frombuffer(data, dtype=dtype)
-                    if shape:
-                        a = a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
-                    else:
-                        a = a.reshape(())
-                    arrays[name] = a.copy() if not a.flags.writeable else a
+                arrays[name] = _read_npy_entry(z, i, path, what)
         return arrays
     except UserError:
         raise
     except MemoryError:
         raise UserError(f"{what} {path}: not enough memory to read its arrays") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
-        raise bad(str(e) or type(e).__name__) from None
+        raise _not_npz(what, path, str(e) or type(e).__name__) from None
 
 
 def load_npz(path, what="npz file", max_bytes=None):
