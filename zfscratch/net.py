@@ -212,6 +212,82 @@ def _finite(v, what, lo=-math.inf, hi=math.inf):
         raise ValueError(f"{what} = {v!r}: expected a finite number in [{lo}, {hi}]")
 
 
+def _check_conv_config(kw, w):
+    """Bounds of a ``Conv2d`` config ``kw`` (``w`` names the layer); returns its parameter count."""
+    cin = _bounded_int(kw.get("in_ch"), 1, MAX_CHANNELS, f"{w} in_ch")
+    cout = _bounded_int(kw.get("out_ch"), 1, MAX_CHANNELS, f"{w} out_ch")
+    k = _bounded_int(kw.get("k"), 1, MAX_KERNEL, f"{w} k")
+    _bounded_int(kw.get("stride", 1), 1, MAX_KERNEL, f"{w} stride")
+    _bounded_int(kw.get("pad", 0), 0, MAX_KERNEL, f"{w} pad")
+    g = _bounded_int(kw.get("groups", 1), 1, MAX_CHANNELS, f"{w} groups")
+    if cin % g or cout % g:
+        raise ValueError(f"{w}: groups {g} must divide in_ch {cin} and out_ch {cout}")
+    return cout * (cin // g) * k * k + cout
+
+
+def _check_linear_config(kw, w):
+    """Bounds of a ``Linear`` config; returns its parameter count."""
+    fi = _bounded_int(kw.get("in_f"), 1, MAX_FEATURES, f"{w} in_f")
+    fo = _bounded_int(kw.get("out_f"), 1, MAX_FEATURES, f"{w} out_f")
+    return fi * fo + fo
+
+
+def _check_pool_config(kw, w):
+    """Bounds of a ``MaxPool2d`` config (the padding at most the window); no parameters."""
+    k = _bounded_int(kw.get("k"), 1, MAX_KERNEL, f"{w} k")
+    if kw.get("stride") is not None:
+        _bounded_int(kw["stride"], 1, MAX_KERNEL, f"{w} stride")
+    _bounded_int(kw.get("pad", 0), 0, k, f"{w} pad")
+    return 0
+
+
+def _check_norm_config(kw, w):
+    """Bounds of a ``LocalResponseNorm`` / ``LocalContrastNorm`` config; no parameters."""
+    _bounded_int(kw.get("size", 5), 1, MAX_KERNEL, f"{w} size")
+    for key in ("alpha", "beta", "k", "sigma", "floor"):
+        if key in kw:
+            _finite(kw[key], f"{w} {key}", lo=0.0 if key != "beta" else -1e6)
+    if "sigma" in kw and not kw["sigma"] > 0:
+        raise ValueError(f"{w} sigma = {kw['sigma']!r}: expected > 0")
+    return 0
+
+
+def _check_dropout_config(kw, w):
+    """Bounds of a ``Dropout`` config (p below 1: p = 1 would divide by zero); no parameters."""
+    _finite(kw.get("p", 0.5), f"{w} p", 0.0, 0.999)
+    return 0
+
+
+#: kind -> checker of its config, returning its parameter count; kinds not listed take no numbers
+_CONFIG_CHECKS = {
+    "Conv2d": _check_conv_config,
+    "Linear": _check_linear_config,
+    "MaxPool2d": _check_pool_config,
+    "LocalResponseNorm": _check_norm_config,
+    "LocalContrastNorm": _check_norm_config,
+    "Dropout": _check_dropout_config,
+}
+
+
+def _check_spec_identity(i, spec, names):
+    """Check spec ``#i``'s shape, kind and name (safe, not in ``names``); returns ``(kind, name, config)``."""
+    from zfscratch.layers import LAYER_KINDS
+    from zfscratch.util.files import MAX_NAME, is_safe_name
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
+        raise ValueError(f"layer #{i}: expected an object with kind, name and config")
+    kind, name, kw = spec.get("kind"), spec.get("name"), spec.get("config", {})
+    if not isinstance(kind, str) or kind not in LAYER_KINDS:
+        raise ValueError(f"layer #{i}: unknown layer kind {str(kind)[:40]!r}; expected one of "
+                         f"{', '.join(LAYER_KINDS)}")
+    if not is_safe_name(name):
+        raise ValueError(f"layer #{i}: name {str(name)[:40]!r} is not a safe name (letters, digits, "
+                         f"'_', '.', '+', '-', at most {MAX_NAME} characters)")
+    if name in names:
+        raise ValueError(f"layer #{i}: duplicate name {name!r}")
+    return kind, name, kw
+
+
 def validate_specs(specs):
     """Check layer specs from outside (a weights file, an ONNX model) before anything is allocated.
 
@@ -224,54 +300,16 @@ def validate_specs(specs):
     ValueError
         naming the layer and the bound.
     """
-    from zfscratch.layers import LAYER_KINDS
-    from zfscratch.util.files import MAX_NAME, is_safe_name
-
     if not isinstance(specs, list) or not 0 < len(specs) <= MAX_LAYERS:
         raise ValueError(f"layers: expected a list of 1 to {MAX_LAYERS} layer specs")
     names, params = set(), 0
     for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
-            raise ValueError(f"layer #{i}: expected an object with kind, name and config")
-        kind, name, kw = spec.get("kind"), spec.get("name"), spec.get("config", {})
-        if not isinstance(kind, str) or kind not in LAYER_KINDS:
-            raise ValueError(f"layer #{i}: unknown layer kind {str(kind)[:40]!r}; expected one of "
-                             f"{', '.join(LAYER_KINDS)}")
-        if not is_safe_name(name):
-            raise ValueError(f"layer #{i}: name {str(name)[:40]!r} is not a safe name (letters, digits, "
-                             f"'_', '.', '+', '-', at most {MAX_NAME} characters)")
-        if name in names:
-            raise ValueError(f"layer #{i}: duplicate name {name!r}")
+        kind, name, kw = _check_spec_identity(i, spec, names)
         names.add(name)
-        w = f"layer {name} ({kind})"
-        if kind == "Conv2d":
-            cin = _bounded_int(kw.get("in_ch"), 1, MAX_CHANNELS, f"{w} in_ch")
-            cout = _bounded_int(kw.get("out_ch"), 1, MAX_CHANNELS, f"{w} out_ch")
-            k = _bounded_int(kw.get("k"), 1, MAX_KERNEL, f"{w} k")
-            _bounded_int(kw.get("stride", 1), 1, MAX_KERNEL, f"{w} stride")
-            _bounded_int(kw.get("pad", 0), 0, MAX_KERNEL, f"{w} pad")
-            g = _bounded_int(kw.get("groups", 1), 1, MAX_CHANNELS, f"{w} groups")
-            if cin % g or cout % g:
-                raise ValueError(f"{w}: groups {g} must divide in_ch {cin} and out_ch {cout}")
-            params += cout * (cin // g) * k * k + cout
-        elif kind == "Linear":
-            fi = _bounded_int(kw.get("in_f"), 1, MAX_FEATURES, f"{w} in_f")
-            fo = _bounded_int(kw.get("out_f"), 1, MAX_FEATURES, f"{w} out_f")
-            params += fi * fo + fo
-        elif kind == "MaxPool2d":
-            k = _bounded_int(kw.get("k"), 1, MAX_KERNEL, f"{w} k")
-            if kw.get("stride") is not None:
-                _bounded_int(kw["stride"], 1, MAX_KERNEL, f"{w} stride")
-            _bounded_int(kw.get("pad", 0), 0, k, f"{w} pad")
-        elif kind in ("LocalResponseNorm", "LocalContrastNorm"):
-            _bounded_int(kw.get("size", 5), 1, MAX_KERNEL, f"{w} size")
-            for key in ("alpha", "beta", "k", "sigma", "floor"):
-                if key in kw:
-                    _finite(kw[key], f"{w} {key}", lo=0.0 if key != "beta" else -1e6)
-            if "sigma" in kw and not kw["sigma"] > 0:
-                raise ValueError(f"{w} sigma = {kw['sigma']!r}: expected > 0")
-        elif kind == "Dropout":
-            _finite(kw.get("p", 0.5), f"{w} p", 0.0, 0.999)
+        check = _CONFIG_CHECKS.get(kind)
+        if check is not None:
+            params += check(kw, f"layer {name} ({kind})")
+        # checked after every layer, so the message names the layer where the total passes the bound
         if params > MAX_PARAMS:
             raise ValueError(f"the network asks for more than {MAX_PARAMS} parameters (at layer {name}); "
                              f"refused")
