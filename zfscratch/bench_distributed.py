@@ -66,6 +66,87 @@ def _load_avg():
         return None
 
 
+def _bench_training(tmp, mpirun, ranks, threads, model, train_images, batch, repeats, backend, timeout, say):
+    """Training throughput: 1 process x ``threads`` threads against ``ranks`` ranks sharing them.
+
+    Runs alternate within each repeat (one, ranks, one, ranks, ...) so both see the same load; each
+    figure is the median over the repeats of the second epoch's images/s.
+
+    Returns
+    -------
+    dict: images/s of both configurations and their ratio, the all-reduce wait per step, every run's
+    figure, and the size of the all-reduced gradient (parameters, MB per step)
+    """
+    data = f"synthetic:n={train_images},n_val=64"
+    # two epochs, the second one timed: the first pays for Numba's compilation
+    common = ["train", "--data", data, "--model", model, "--epochs", "2", "--batch", str(batch),
+              "--backend", backend, "--quiet", "--snapshots", "none", "--overwrite"]
+    one, many = [], []
+    for rep in range(repeats):
+        for k, t, acc in ((1, threads, one), (ranks, max(1, threads // ranks), many)):
+            say(f"training, repeat {rep + 1}/{repeats}: {k} process(es) x {t} thread(s)")
+            d = os.path.join(tmp, f"train_{k}")
+            _run([*_zf(k, mpirun), *common, "--out", d], t, timeout)
+            h = json.load(open(os.path.join(d, "metrics.json")))["history"][-1]
+            acc.append(h)
+    ips1 = float(np.median([h["images_per_s"] for h in one]))
+    ipsk = float(np.median([h["images_per_s"] for h in many]))
+    steps = -(-train_images // batch)
+    res = {
+        "images": train_images, "timed_epoch": 2, "global_batch": batch, "steps_per_run": steps,
+        "one_process_images_per_s": ips1, "ranks_images_per_s": ipsk, "ratio": ipsk / ips1,
+        "allreduce_ms_per_step": float(np.median([h["allreduce_ms_per_step"] for h in many])),
+        "step_ms_ranks": 1e3 * batch / ipsk, "runs_one": [h["images_per_s"] for h in one],
+        "runs_ranks": [h["images_per_s"] for h in many]}
+    from zfscratch.models import build_model
+    net = build_model({"arch": model, "num_classes": 10})
+    nparams = int(sum(p.size for _, p in net.params()))
+    res["parameters"] = nparams
+    res["allreduce_mb_per_step"] = nparams * 4 / 1e6
+    return res
+
+
+def _bench_allreduce(mpirun, ranks, sizes_mb, timeout):
+    """All-reduce time and bus bandwidth over ``ranks`` ranks; returns ``{str(MiB): {seconds, bus_gb_per_s}}``."""
+    code = ("import json,sys\nfrom zfscratch.distributed import get_world, allreduce_benchmark\n"
+            "w = get_world(True)\nres = {}\n"
+            f"for mb in {list(sizes_mb)!r}:\n"
+            "    t, bw = allreduce_benchmark(w, int(mb * 2**20), repeats=5)\n"
+            "    res[str(mb)] = {'seconds': t, 'bus_gb_per_s': bw / 1e9}\n"
+            "if w.is_root:\n    print(json.dumps(res))\n")
+    r = _run([mpirun, "-n", str(ranks), sys.executable, "-c", code], 1, timeout)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _bench_top9(tmp, mpirun, ranks, threads, model, top9_images, repeats, backend, timeout, say):
+    """Sharded top-9 search time: 1 rank against ``ranks`` ranks, one thread each, alternating.
+
+    Trains a one-epoch net first (its weights are what ``visualize`` searches with).
+
+    Returns
+    -------
+    dict: median search seconds of both configurations, the speedup, every run's figure
+    """
+    say("weights for the top-9 benchmark")
+    wdir = os.path.join(tmp, "w")
+    _run([sys.executable, "-m", "zfscratch", "train", "--data", "synthetic:n=256,n_val=32", "--model", model,
+          "--epochs", "1", "--backend", backend, "--quiet", "--snapshots", "none", "--out", wdir], threads,
+         timeout)
+    vis = ["visualize", "--weights", os.path.join(wdir, "weights.npz"), "--data",
+           f"synthetic:n={top9_images},n_val=32", "--split", "train", "--images", str(top9_images),
+           "--maps", "4", "--quiet", "--backend", backend]
+    one, many = [], []
+    for rep in range(repeats):
+        for k, acc in ((1, one), (ranks, many)):
+            say(f"sharded top-9 over {top9_images} images, repeat {rep + 1}/{repeats}: {k} rank(s) x 1 thread")
+            d = os.path.join(tmp, f"vis_{k}")
+            _run([*_zf(k, mpirun), *vis, "--out", d], 1, timeout)
+            acc.append(json.load(open(os.path.join(d, "topk.json")))["search_s"])
+    s1, sk = float(np.median(one)), float(np.median(many))
+    return {"images": top9_images, "one_rank_search_s": s1, "ranks_search_s": sk, "speedup": s1 / sk,
+            "runs_one": one, "runs_ranks": many}
+
+
 def run(ranks=2, threads=2, model="zfnet_small", train_images=640, batch=32, top9_images=10000, repeats=3,
         backend="numba", sizes_mb=(1, 16, 64, 256), timeout=1800, progress=None, workdir=None):
     """Run the three benchmarks; returns a JSON-able dict (see the module docstring)."""
@@ -75,61 +156,11 @@ def run(ranks=2, threads=2, model="zfnet_small", train_images=640, batch=32, top
     out = {"ranks": ranks, "threads": threads, "model": model, "backend": backend, "repeats": repeats,
            "cpu_count": os.cpu_count(), "load_avg_start": _load_avg()}
     try:
-        data = f"synthetic:n={train_images},n_val=64"
-        # two epochs, the second one timed: the first pays for Numba's compilation
-        common = ["train", "--data", data, "--model", model, "--epochs", "2", "--batch", str(batch),
-                  "--backend", backend, "--quiet", "--snapshots", "none", "--overwrite"]
-        one, many = [], []
-        for rep in range(repeats):
-            for k, t, acc in ((1, threads, one), (ranks, max(1, threads // ranks), many)):
-                say(f"training, repeat {rep + 1}/{repeats}: {k} process(es) x {t} thread(s)")
-                d = os.path.join(tmp, f"train_{k}")
-                _run([*_zf(k, mpirun), *common, "--out", d], t, timeout)
-                h = json.load(open(os.path.join(d, "metrics.json")))["history"][-1]
-                acc.append(h)
-        ips1 = float(np.median([h["images_per_s"] for h in one]))
-        ipsk = float(np.median([h["images_per_s"] for h in many]))
-        steps = -(-train_images // batch)
-        out["training"] = {
-            "images": train_images, "timed_epoch": 2, "global_batch": batch, "steps_per_run": steps,
-            "one_process_images_per_s": ips1, "ranks_images_per_s": ipsk, "ratio": ipsk / ips1,
-            "allreduce_ms_per_step": float(np.median([h["allreduce_ms_per_step"] for h in many])),
-            "step_ms_ranks": 1e3 * batch / ipsk, "runs_one": [h["images_per_s"] for h in one],
-            "runs_ranks": [h["images_per_s"] for h in many]}
-        from zfscratch.models import build_model
-        net = build_model({"arch": model, "num_classes": 10})
-        nparams = int(sum(p.size for _, p in net.params()))
-        out["training"]["parameters"] = nparams
-        out["training"]["allreduce_mb_per_step"] = nparams * 4 / 1e6
-
+        out["training"] = _bench_training(tmp, mpirun, ranks, threads, model, train_images, batch, repeats,
+                                          backend, timeout, say)
         say("all-reduce bandwidth")
-        code = ("import json,sys\nfrom zfscratch.distributed import get_world, allreduce_benchmark\n"
-                "w = get_world(True)\nres = {}\n"
-                f"for mb in {list(sizes_mb)!r}:\n"
-                "    t, bw = allreduce_benchmark(w, int(mb * 2**20), repeats=5)\n"
-                "    res[str(mb)] = {'seconds': t, 'bus_gb_per_s': bw / 1e9}\n"
-                "if w.is_root:\n    print(json.dumps(res))\n")
-        r = _run([mpirun, "-n", str(ranks), sys.executable, "-c", code], 1, timeout)
-        out["allreduce"] = json.loads(r.stdout.strip().splitlines()[-1])
-
-        say("weights for the top-9 benchmark")
-        wdir = os.path.join(tmp, "w")
-        _run([sys.executable, "-m", "zfscratch", "train", "--data", "synthetic:n=256,n_val=32", "--model", model,
-              "--epochs", "1", "--backend", backend, "--quiet", "--snapshots", "none", "--out", wdir], threads,
-             timeout)
-        vis = ["visualize", "--weights", os.path.join(wdir, "weights.npz"), "--data",
-               f"synthetic:n={top9_images},n_val=32", "--split", "train", "--images", str(top9_images),
-               "--maps", "4", "--quiet", "--backend", backend]
-        one, many = [], []
-        for rep in range(repeats):
-            for k, acc in ((1, one), (ranks, many)):
-                say(f"sharded top-9 over {top9_images} images, repeat {rep + 1}/{repeats}: {k} rank(s) x 1 thread")
-                d = os.path.join(tmp, f"vis_{k}")
-                _run([*_zf(k, mpirun), *vis, "--out", d], 1, timeout)
-                acc.append(json.load(open(os.path.join(d, "topk.json")))["search_s"])
-        s1, sk = float(np.median(one)), float(np.median(many))
-        out["top9"] = {"images": top9_images, "one_rank_search_s": s1, "ranks_search_s": sk, "speedup": s1 / sk,
-                       "runs_one": one, "runs_ranks": many}
+        out["allreduce"] = _bench_allreduce(mpirun, ranks, sizes_mb, timeout)
+        out["top9"] = _bench_top9(tmp, mpirun, ranks, threads, model, top9_images, repeats, backend, timeout, say)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out["load_avg_end"] = _load_avg()
@@ -137,6 +168,7 @@ def run(ranks=2, threads=2, model="zfnet_small", train_images=640, batch=32, top
 
 
 def format_report(res):
+    """The text report of a :func:`run` result: one line per figure."""
     t, a, s = res["training"], res["allreduce"], res["top9"]
     k = res["ranks"]
     lines = [
