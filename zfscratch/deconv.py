@@ -256,7 +256,7 @@ def _forward_record(net, x, stop):
     return x, rec
 
 
-def _walk_down(net, r, rec, rows, rule="deconvnet"):
+def walk_down(net, r, rec, rows, rule="deconvnet"):
     """Project ``r`` (B, C_L, H_L, W_L) or (B, F_L) down to the input with ``rule``.
 
     ``rows`` (B,) device int array: the image (in the recorded forward batch) whose switches, masks and
@@ -430,7 +430,7 @@ def _project(net, images, layer, maps, mode, rules, value, batch, budget):
             top = top.reshape((r1 - r0,) + tuple(act.shape[1:]))
             fl = np.arange(r0, r1)
             for rule in rules:
-                rh = be.to_host(_walk_down(net, top, rec, img, rule))
+                rh = be.to_host(walk_down(net, top, rec, img, rule))
                 recon[rule][s + fl // m, fl % m] = rh
     if scalar:
         recon = {r: a[:, 0] for r, a in recon.items()}
@@ -496,7 +496,7 @@ def project_activation(net, images, layer, units, values=None, batch=64, budget=
             kept[part] = be.to_host(a)
             top = xp.zeros((part.size, c, h, w), dtype=act.dtype)
             top[xp.arange(part.size), cc, yy, xx] = a
-            recon[part] = be.to_host(_walk_down(net, top, rec, loc, rule))
+            recon[part] = be.to_host(walk_down(net, top, rec, loc, rule))
     return recon, kept
 
 
@@ -524,7 +524,7 @@ def reconstruct(net, images, layer, batch=None, budget=ROW_BUDGET, rule="deconvn
     for s in range(0, n, batch):
         xb = be.to_device(images[s:s + batch], net.dtype)
         act, rec = _forward_record(net, xb, idx)
-        out[s:s + act.shape[0]] = be.to_host(_walk_down(net, be.xp.ascontiguousarray(act), rec, None, rule))
+        out[s:s + act.shape[0]] = be.to_host(walk_down(net, be.xp.ascontiguousarray(act), rec, None, rule))
     return out
 
 

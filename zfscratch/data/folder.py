@@ -40,7 +40,8 @@ import numpy as np
 from ..errors import UserError
 from .transforms import resize_center_crop
 
-__all__ = ["FolderDataset", "load_rgb", "folder_splits", "class_names", "IMAGE_EXTENSIONS", "CLASS_FILES"]
+__all__ = ["FolderDataset", "load_rgb", "to_rgb", "folder_splits", "class_names", "IMAGE_EXTENSIONS",
+           "CLASS_FILES"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # compared lower-cased: .JPEG, .PNG work too
 DEFAULT_CACHE_LIMIT = 2 << 30
@@ -111,7 +112,9 @@ def class_names(root, folders):
     return names, path
 
 
-def _to_rgb(img):
+def to_rgb(img):
+    """A decoded PIL image as (H, W, 3) uint8 RGB: 16-bit and integer greys scaled to 0..255, float greys
+    (0..1 or 0..255) rounded, palettes expanded, transparency composited over white."""
     from PIL import Image
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
@@ -176,7 +179,7 @@ def load_rgb(path, size=None):
     try:
         with open_image(path) as img:
             img.load()
-            arr = _to_rgb(img)
+            arr = to_rgb(img)
     except FileNotFoundError:
         raise UserError(f"image file {path} does not exist") from None
     except UnidentifiedImageError:

@@ -14,7 +14,7 @@ value ever becomes a file path.
 
 The last analysed image's forward pass is kept (every projectable layer's output, the pooling
 switches, the logits), so picking a layer, a map or its projection needs no new forward pass: a
-projection is only the DeconvNet's walk down (:func:`zfscratch.deconv._walk_down`).
+projection is only the DeconvNet's walk down (:func:`zfscratch.deconv.walk_down`).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def decode_upload(data):
     pixel count at most :data:`MAX_UPLOAD_PIXELS` (read from the header, before decoding).
     """
     from PIL import Image, UnidentifiedImageError
-    from zfscratch.data.folder import _to_rgb
+    from zfscratch.data.folder import to_rgb
     if not data:
         raise ApiError("the upload is empty: choose an image file (PNG, JPEG, ...)")
     if len(data) > MAX_UPLOAD_BYTES:
@@ -90,7 +90,7 @@ def decode_upload(data):
                 raise ApiError(f"the uploaded image is {w}x{h} pixels; the limit is "
                                f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
             im.load()
-            arr = _to_rgb(im)
+            arr = to_rgb(im)
     except Image.DecompressionBombError:
         raise ApiError(f"the uploaded image has too many pixels; the limit is "
                        f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels") from None
@@ -392,7 +392,7 @@ class Engine:
                 top[0, m].reshape(-1)[pos] = val
             else:
                 top[0, m] = a[m]
-            r = deconv._walk_down(net, be.to_device(top, net.dtype), rec, xp.zeros(1, np.int64))
+            r = deconv.walk_down(net, be.to_device(top, net.dtype), rec, xp.zeros(1, np.int64))
             r = np.asarray(be.to_host(r))[0]
         img = viz.to_display(r)
         if img.shape[-1] == 1:
