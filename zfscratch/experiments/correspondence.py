@@ -105,6 +105,165 @@ def class_indices(dataset, label, count):
     return idx
 
 
+def _check_dataset(net, meta, dataset):
+    """Raise UserError unless ``dataset`` has part landmarks and images at the model's input size.
+
+    Returns ``(pre, size)``: the model's preprocessing and its input side.
+    """
+    for attr in ("parts", "part_mask", "samples"):
+        if not hasattr(dataset, attr):
+            raise UserError("correspondence needs a dataset with part landmarks (the synthetic dataset)")
+    pre = S.get_preprocess(meta)
+    size = S.input_size(net)
+    # the occluder masks are drawn in dataset pixels and applied to the network input: they must agree
+    if int(getattr(dataset, "size", size)) != size or pre.resize != size:
+        raise UserError(f"correspondence: images must be {size}x{size} (the model's input size); the "
+                        f"dataset has {getattr(dataset, 'size', '?')}")
+    return pre, size
+
+
+def _class_and_parts(dataset, class_name, parts):
+    """Validated ``(class_name, label, parts)``: the class (default :func:`_default_class`), its label
+    index and the part names to occlude (default: every part of the class)."""
+    class_name = class_name or _default_class(dataset)
+    classes = list(dataset.classes)
+    if class_name not in classes:
+        raise UserError(f"--class {class_name!r}: not a class of the dataset ({', '.join(classes)})")
+    label = classes.index(class_name)
+    all_parts = list(dataset.parts(class_name))
+    parts = list(parts or all_parts)
+    bad = [p for p in parts if p not in all_parts]
+    if bad:
+        raise UserError(f"--parts: {', '.join(bad)} not parts of {class_name} ({', '.join(all_parts)})")
+    return class_name, label, parts
+
+
+def _group_indices(dataset, label, class_name, n_images, groups):
+    """The ``n_images * groups`` dataset indices of class ``label`` (group ``g`` is the ``g``-th run
+    of ``n_images``), as an int array; UserError when there are too few."""
+    if n_images < 2 or groups < 1:
+        raise UserError("correspondence: need --images >= 2 and --groups >= 1")
+    idx = class_indices(dataset, label, n_images * groups)
+    if len(idx) < n_images * groups:
+        raise UserError(f"correspondence: the dataset has only {len(idx)} images of {class_name}; "
+                        f"need {n_images * groups} (--images x --groups)")
+    return idx
+
+
+def _occluder_variants(dataset, samples, parts, size, margin, rng):
+    """For each part, its occluder in every image and a random disc of the same radius.
+
+    Returns
+    -------
+    list of ``(part, is_random, masks)`` with ``masks`` bool (N, size, size), N = ``len(samples)``;
+    per part the part entry comes first, then the random one. ``rng`` is drawn part by part, image
+    by image (the order fixes the random positions for a seed).
+    """
+    variants = []
+    for p in parts:
+        pm, rm = [], []
+        for s in samples:
+            pm.append(dataset.part_mask(s, p, margin=margin))
+            rm.append(random_disc(size, s.part_radii[p] + margin, rng)[0])
+        variants.append((p, False, np.stack(pm)))
+        variants.append((p, True, np.stack(rm)))
+    return variants
+
+
+def _flat_features(net, xs, layers, batch, bar):
+    """Flattened outputs of ``layers`` for network inputs ``xs (N, C, H, W)``: {layer: (N, D)}.
+
+    Runs in batches of ``batch`` images and advances ``bar`` by the images done.
+    """
+    out = {l: [] for l in layers}
+    for s_, e_ in S.batched(len(xs), batch):
+        o = S.forward_layers(net, xs[s_:e_], layers, logits=False)
+        for l in layers:
+            out[l].append(o[l].reshape(e_ - s_, -1))
+        bar.update(e_ - s_)
+    return {l: np.concatenate(v) for l, v in out.items()}
+
+
+def _group_deltas(base, occ, n_images, groups, zero_tol):
+    """``Delta`` of one layer for each group of ``n_images`` consecutive images.
+
+    Parameters
+    ----------
+    base, occ : (n_images * groups, D) features of the original and the occluded images
+    zero_tol : changes ``|eps| <= zero_tol * max|x_i|`` count as sign 0 (module docstring)
+
+    Returns
+    -------
+    (normalized, raw): lists of ``groups`` floats ``Delta / (n (n-1) D)`` and ints ``Delta``.
+    """
+    vals, raw = [], []
+    for g in range(groups):
+        sl = slice(g * n_images, (g + 1) * n_images)
+        scale = np.abs(base[sl]).max(axis=1)
+        # eps in float64: a small change of a large feature is not rounded away (or to zero)
+        sg = signs(base[sl].astype(np.float64) - occ[sl].astype(np.float64), zero_tol, scale)
+        d = delta(sg)
+        raw.append(d)
+        vals.append(d / (n_images * (n_images - 1) * sg.shape[1]))
+    return vals, raw
+
+
+def _variant_row(part, is_random, masks, base, occ, layers, n_images, groups, zero_tol):
+    """One row of results: the occluder's ``Delta`` statistics per layer (``base``, ``occ``: {layer:
+    (N, D)} features of the original and occluded images; ``masks`` bool (N, H, W))."""
+    row = {"part": part, "random": is_random, "occluded_fraction": float(masks.mean())}
+    for l in layers:
+        vals, raw = _group_deltas(base[l], occ[l], n_images, groups, zero_tol)
+        row[l] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals,
+                  "delta_raw": raw}
+    return row
+
+
+def _sweep_variants(net, x, variants, layers, n_images, groups, zero_tol, batch, progress):
+    """Features of the originals ``x (N, C, H, W)`` and of every occluded variant, reduced to one
+    :func:`_variant_row` per variant (in the order of ``variants``)."""
+    bar = S.progress_bar(len(x) * (1 + len(variants)), "correspondence", progress)
+    try:
+        base = _flat_features(net, x, layers, batch, bar)
+        results = []
+        for p, is_rand, masks in variants:
+            xo = x.copy()
+            # 0 = the training mean after mean subtraction: the occluder's fill
+            xo[np.broadcast_to(masks[:, None], xo.shape)] = 0.0
+            occ = _flat_features(net, xo, layers, batch, bar)
+            results.append(_variant_row(p, is_rand, masks, base, occ, layers, n_images, groups, zero_tol))
+    finally:
+        bar.close()
+    return results
+
+
+def _summarize(results, layers):
+    """``(summary, table)``: per layer the mean over the part rows vs the random rows, and the table
+    rows -- every part row, then one ``random`` row pooling the groups of all random occluders."""
+    summary = {}
+    for l in layers:
+        part_m = [r[l]["mean"] for r in results if not r["random"]]
+        rand_m = [r[l]["mean"] for r in results if r["random"]]
+        summary[l] = {"parts_mean": float(np.mean(part_m)), "random_mean": float(np.mean(rand_m)),
+                      "random_minus_parts": float(np.mean(rand_m) - np.mean(part_m))}
+    rand_rows = [r for r in results if r["random"]]
+    random_row = {"part": "random", "random": True}
+    for l in layers:
+        allv = [v for r in rand_rows for v in r[l]["values"]]
+        random_row[l] = {"mean": float(np.mean(allv)), "std": float(np.std(allv)), "values": allv}
+    table = [r for r in results if not r["random"]] + [random_row]
+    return summary, table
+
+
+def _table_markdown(table, layers):
+    """The table as Markdown: one row per occluder, ``mean ± std`` of the normalized Delta per layer."""
+    md = [f"| occlusion | {' | '.join(f'Delta {l} (normalized)' for l in layers)} |",
+          "|---|" + "---|" * len(layers)]
+    for r in table:
+        md.append(f"| {r['part']} | " + " | ".join(f"{r[l]['mean']:.4f} ± {r[l]['std']:.4f}" for l in layers) + " |")
+    return "\n".join(md)
+
+
 def correspondence(net, meta, dataset, out_dir, class_name=None, parts=None, n_images=5, groups=4,
                    layers=("pool5", "relu7"), margin=0.0, zero_tol=1e-6, batch=32, seed=0,
                    progress=True, name="correspondence"):
@@ -128,102 +287,21 @@ def correspondence(net, meta, dataset, out_dir, class_name=None, parts=None, n_i
     "delta_raw"}}], ``table_markdown``, ``summary`` (mean over parts vs random per layer),
     ``figure``, ``json``.
     """
-    for attr in ("parts", "part_mask", "samples"):
-        if not hasattr(dataset, attr):
-            raise UserError("correspondence needs a dataset with part landmarks (the synthetic dataset)")
-    pre = S.get_preprocess(meta)
-    size = S.input_size(net)
-    if int(getattr(dataset, "size", size)) != size or pre.resize != size:
-        raise UserError(f"correspondence: images must be {size}x{size} (the model's input size); the "
-                        f"dataset has {getattr(dataset, 'size', '?')}")
+    pre, size = _check_dataset(net, meta, dataset)
     layers = tuple(S.resolve_layer(net, l) for l in layers)
-    class_name = class_name or _default_class(dataset)
-    classes = list(dataset.classes)
-    if class_name not in classes:
-        raise UserError(f"--class {class_name!r}: not a class of the dataset ({', '.join(classes)})")
-    label = classes.index(class_name)
-    all_parts = list(dataset.parts(class_name))
-    parts = list(parts or all_parts)
-    bad = [p for p in parts if p not in all_parts]
-    if bad:
-        raise UserError(f"--parts: {', '.join(bad)} not parts of {class_name} ({', '.join(all_parts)})")
+    class_name, label, parts = _class_and_parts(dataset, class_name, parts)
     n_images, groups = int(n_images), int(groups)
-    if n_images < 2 or groups < 1:
-        raise UserError("correspondence: need --images >= 2 and --groups >= 1")
-    idx = class_indices(dataset, label, n_images * groups)
-    if len(idx) < n_images * groups:
-        raise UserError(f"correspondence: the dataset has only {len(idx)} images of {class_name}; "
-                        f"need {n_images * groups} (--images x --groups)")
+    idx = _group_indices(dataset, label, class_name, n_images, groups)
     samples = dataset.samples(idx)
-    images = np.stack([s.image for s in samples])
-    x = S.preprocess_batched(pre, images)
-    rng = np.random.default_rng(seed)
-
-    # occluded variants: for each part, the part disc and a random disc of the same radius
-    variants = []  # (part, is_random, masks (N, H, W))
-    for p in parts:
-        pm, rm = [], []
-        for s in samples:
-            pm.append(dataset.part_mask(s, p, margin=margin))
-            rm.append(random_disc(size, s.part_radii[p] + margin, rng)[0])
-        variants.append((p, False, np.stack(pm)))
-        variants.append((p, True, np.stack(rm)))
-
-    total = len(x) * (1 + len(variants))
-    bar = S.progress_bar(total, "correspondence", progress)
-
-    def feats(xs):
-        out = {l: [] for l in layers}
-        for s_, e_ in S.batched(len(xs), batch):
-            o = S.forward_layers(net, xs[s_:e_], layers, logits=False)
-            for l in layers:
-                out[l].append(o[l].reshape(e_ - s_, -1))
-            bar.update(e_ - s_)
-        return {l: np.concatenate(v) for l, v in out.items()}
-
-    try:
-        base = feats(x)
-        results = []
-        for p, is_rand, masks in variants:
-            xo = x.copy()
-            xo[np.broadcast_to(masks[:, None], xo.shape)] = 0.0
-            occ = feats(xo)
-            row = {"part": p, "random": is_rand, "occluded_fraction": float(masks.mean())}
-            for l in layers:
-                vals, raw = [], []
-                for g in range(groups):
-                    sl = slice(g * n_images, (g + 1) * n_images)
-                    scale = np.abs(base[l][sl]).max(axis=1)
-                    sg = signs(base[l][sl].astype(np.float64) - occ[l][sl].astype(np.float64), zero_tol, scale)
-                    d = delta(sg)
-                    raw.append(d)
-                    vals.append(d / (n_images * (n_images - 1) * sg.shape[1]))
-                row[l] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals,
-                          "delta_raw": raw}
-            results.append(row)
-    finally:
-        bar.close()
-
-    summary = {}
-    for l in layers:
-        part_m = [r[l]["mean"] for r in results if not r["random"]]
-        rand_m = [r[l]["mean"] for r in results if r["random"]]
-        summary[l] = {"parts_mean": float(np.mean(part_m)), "random_mean": float(np.mean(rand_m)),
-                      "random_minus_parts": float(np.mean(rand_m) - np.mean(part_m))}
-    rand_rows = [r for r in results if r["random"]]
-    random_row = {"part": "random", "random": True}
-    for l in layers:
-        allv = [v for r in rand_rows for v in r[l]["values"]]
-        random_row[l] = {"mean": float(np.mean(allv)), "std": float(np.std(allv)), "values": allv}
-    table = [r for r in results if not r["random"]] + [random_row]
-    md = [f"| occlusion | {' | '.join(f'Delta {l} (normalized)' for l in layers)} |",
-          "|---|" + "---|" * len(layers)]
-    for r in table:
-        md.append(f"| {r['part']} | " + " | ".join(f"{r[l]['mean']:.4f} ± {r[l]['std']:.4f}" for l in layers) + " |")
+    x = S.preprocess_batched(pre, np.stack([s.image for s in samples]))
+    variants = _occluder_variants(dataset, samples, parts, size, margin, np.random.default_rng(seed))
+    results = _sweep_variants(net, x, variants, layers, n_images, groups, zero_tol, batch, progress)
+    summary, table = _summarize(results, layers)
     out = {"experiment": "correspondence", "class": class_name, "parts": parts, "layers": list(layers),
            "n_images": n_images, "groups": groups, "indices": idx, "zero_tol": zero_tol, "margin": margin,
            "normalization": "Delta / (n (n-1) D): mean fraction of differing feature signs per ordered pair",
-           "rows": results, "table": table, "table_markdown": "\n".join(md), "summary": summary}
+           "rows": results, "table": table, "table_markdown": _table_markdown(table, layers),
+           "summary": summary}
     os.makedirs(out_dir, exist_ok=True)
     fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
     json_path = safe_join(out_dir, safe_name(name, what="--name") + ".json")
