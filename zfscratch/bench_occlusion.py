@@ -39,6 +39,191 @@ def _import_captum():
     return sys.modules["torch"], sys.modules["captum.attr"]
 
 
+def _positions(size, patch, stride):
+    """The occluder grid of ``zfscratch occlude`` with margin 0.
+
+    Returns
+    -------
+    gy, gx : int arrays (P,), top-left corner of each position, row-major over the grid
+    boxes : list of P ``(y0, x0, y1, x1)`` tuples, the same positions as the incremental engine takes them
+    """
+    from zfscratch.experiments import occlusion as O
+
+    ys = O.occluder_positions(size, patch, stride)
+    gy, gx = (a.ravel() for a in np.meshgrid(ys, ys, indexing="ij"))
+    boxes = [(int(a), int(b), int(a) + patch, int(b) + patch) for a, b in zip(gy, gx)]
+    return gy, gx, boxes
+
+
+class _Sweeps:
+    """One image's occlusion sweep on one net, two ways: full recompute and the incremental engine.
+
+    Parameters
+    ----------
+    net, be : the network and its backend
+    xd, fd : device arrays (3, H, W): the image and the occluder's fill (zeros: the mean)
+    gy, gx, boxes : the positions (:func:`_positions`)
+    patch : occluder side in pixels
+    batch, inc_batch : positions per full forward pass / per incremental pass
+    """
+
+    def __init__(self, net, be, xd, fd, gy, gx, boxes, patch, batch, inc_batch):
+        self.net, self.be, self.xd, self.fd = net, be, xd, fd
+        self.gy, self.gx, self.boxes, self.patch = gy, gx, boxes, patch
+        self.batch, self.inc_batch = batch, inc_batch
+        self.n = int(gy.size)
+
+    def full(self, timing=None):
+        """Forward every occluded image through the whole net; returns host logits (P, classes).
+
+        ``timing`` (dict or None): adds each layer's wall seconds under its name; the backend is
+        synchronized after every layer then, so the figures are per layer, not per queue.
+        """
+        from zfscratch.experiments import occlusion as O
+
+        be, outs = self.be, []
+        for s in range(0, self.n, self.batch):
+            e = min(self.n, s + self.batch)
+            a = O.occlude_batch(self.xd, self.fd, self.gy[s:e], self.gx[s:e], self.patch, be.xp)
+            t = time.perf_counter()
+            for l in self.net.layers:
+                a = l.forward(a)
+                if timing is not None:
+                    be.synchronize()
+                    t2 = time.perf_counter()
+                    timing[l.name] = timing.get(l.name, 0.0) + t2 - t
+                    t = t2
+            outs.append(be.to_host(a))
+        return np.concatenate(outs)
+
+    def incremental(self, timing=None):
+        """The same sweep through :class:`IncrementalOccluder`; returns host logits (P, classes).
+
+        ``timing`` (dict or None): the engine's per-layer seconds (patch assembly included).
+        """
+        from zfscratch.experiments.incremental import IncrementalOccluder
+
+        eng = IncrementalOccluder(self.net, self.xd, self.fd)
+        eng.seconds = timing
+        outs = [self.be.to_host(eng.positions(self.boxes[s:s + self.inc_batch])["logits"])
+                for s in range(0, self.n, self.inc_batch)]
+        return np.concatenate(outs)
+
+
+def _captum_sweep(torch, cattr, net, x, patch, stride, label, batch):
+    """Captum's ``Occlusion`` on the PyTorch twin of ``net``, warmed up by one batch; returns the sweep.
+
+    ``x`` is the host image (3, H, W); the returned callable runs the whole sweep with target ``label``.
+    """
+    from zfscratch.bench import torch_twin
+
+    model_t = torch.nn.Sequential(*[m for _, m in torch_twin(net)]).eval()
+    xt = torch.from_numpy(x[None])
+    occ = cattr.Occlusion(model_t)
+
+    def captum_sweep():
+        with torch.no_grad():
+            return occ.attribute(xt, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
+                                 baselines=0, target=label, perturbations_per_eval=batch)
+    with torch.no_grad():  # warm-up: one batch through the twin
+        model_t(xt.repeat(batch, 1, 1, 1))
+    return captum_sweep
+
+
+def _timed_rounds(sweeps, captum_sweep, repeats, progress):
+    """Run ``repeats`` interleaved rounds (full, incremental, Captum, full, ...) under one machine load.
+
+    The first round also measures peak memory and per-layer seconds and keeps both sweeps' logits.
+
+    Returns
+    -------
+    runs : dict method -> list of wall seconds per round (``captum`` empty without it)
+    got : dict ``full`` / ``inc`` -> logits (P, classes) of the first round
+    memory : dict: ``peak_mib_full``, ``peak_mib_incremental`` and the resident MiB before each
+        (``rss_full``, ``rss_incremental``)
+    full_secs, inc_secs : dict layer name -> seconds in the first round's full / incremental sweep
+    """
+    from zfscratch.bench import peak_rss_of
+
+    runs = {"full": [], "incremental": [], "captum": []}
+    got, memory, full_secs, inc_secs = {}, {}, {}, {}
+
+    def timed(key, fn):
+        t = time.perf_counter()
+        out = fn()
+        runs[key].append(time.perf_counter() - t)
+        return out
+
+    for r in range(int(repeats)):
+        if r == 0:  # the first round also measures peak memory, per-layer seconds and agreement
+            progress(f"round 1/{repeats}: full (with peak memory and per-layer times)")
+            memory["peak_mib_full"], memory["rss_full"] = peak_rss_of(
+                lambda: got.__setitem__("full", timed("full", lambda: sweeps.full(full_secs))))
+            progress(f"round 1/{repeats}: incremental (with peak memory and per-layer times)")
+            memory["peak_mib_incremental"], memory["rss_incremental"] = peak_rss_of(
+                lambda: got.__setitem__("inc", timed("incremental", lambda: sweeps.incremental(inc_secs))))
+        else:
+            progress(f"round {r + 1}/{repeats}: full")
+            timed("full", sweeps.full)
+            progress(f"round {r + 1}/{repeats}: incremental")
+            timed("incremental", sweeps.incremental)
+        if captum_sweep is not None:
+            progress(f"round {r + 1}/{repeats}: Captum")
+            timed("captum", captum_sweep)
+    return runs, got, memory, full_secs, inc_secs
+
+
+def _agreement(full, inc, label):
+    """How far the incremental logits are from the full ones (both (P, classes)); ``label``: the top class
+    of the unoccluded image. Returns the three ``*_diff`` / ``top_label_agree`` entries of the result."""
+    from zfscratch.util.numerics import softmax
+
+    pf, pi = softmax(full)[:, label], softmax(inc)[:, label]
+    return {"logits_max_rel_diff": float(np.abs(full - inc).max() / np.abs(full).max()),
+            "prob_true_max_rel_diff": float((np.abs(pf - pi) / np.maximum(np.abs(pf), 1e-30)).max()),
+            "top_label_agree": float((full.argmax(1) == inc.argmax(1)).mean())}
+
+
+def _memory_entries(memory):
+    """The result's memory entries from :func:`_timed_rounds`' ``memory``: both peaks (MiB), the larger
+    resident size before them, and the ratio of the two sweeps' peaks above their own starting points."""
+    rss0, rss1 = memory["rss_full"], memory["rss_incremental"]
+    return {"peak_mib_full": memory["peak_mib_full"], "peak_mib_incremental": memory["peak_mib_incremental"],
+            "rss_before_mib": max(rss0, rss1),
+            "peak_ratio": (memory["peak_mib_incremental"] - rss1) / max(1e-9, memory["peak_mib_full"] - rss0)}
+
+
+def _throughput(runs, n):
+    """The result's timing entries: every round's seconds, the best round's positions/s (``n`` positions)
+    and the incremental engine's speedup over full recompute (and over Captum when it ran)."""
+    res = {"seconds": {k: v for k, v in runs.items() if v},
+           "positions_per_s": {k: n / min(v) for k, v in runs.items() if v}}
+    pps = res["positions_per_s"]
+    res["speedup_vs_full"] = pps["incremental"] / pps["full"]
+    if "captum" in pps:
+        res["speedup_vs_captum"] = pps["incremental"] / pps["captum"]
+    return res
+
+
+def _layer_rows(plan, full_secs, inc_secs):
+    """Per layer: the predicted multiply-add saving of ``plan`` beside the measured time saving.
+
+    Returns
+    -------
+    rows : list of dicts, the plan's entries plus ``predicted_saving``, ``full_s``, ``incremental_s``,
+        ``measured_saving`` (None when the incremental sweep spent no time there)
+    total : float, the whole net's predicted saving
+    """
+    rows = []
+    for p in plan:
+        tf, ti = full_secs.get(p["layer"], 0.0), inc_secs.get(p["layer"], 0.0)
+        rows.append(dict(p, predicted_saving=p["full_macs"] / max(p["incremental_macs"], 1e-30),
+                         full_s=tf, incremental_s=ti, measured_saving=tf / ti if ti > 0 else None))
+    tot_f = sum(p["full_macs"] for p in plan)
+    tot_i = sum(p["incremental_macs"] for p in plan)
+    return rows, tot_f / tot_i
+
+
 def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="numba", batch=32,
                         inc_batch=None, repeats=1, threads=None, captum=False, seed=0, progress=print):
     """Time one occlusion sweep three ways. Returns a JSON-ready dict (see :func:`format_occlusion`).
@@ -55,11 +240,9 @@ def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="nu
     captum : also run Captum's Occlusion on the PyTorch twin
     """
     from zfscratch.backend import get_backend
-    from zfscratch.bench import peak_rss_of, torch_twin, warm_up_kernels
-    from zfscratch.experiments import occlusion as O
+    from zfscratch.bench import warm_up_kernels
     from zfscratch.experiments.incremental import IncrementalOccluder
     from zfscratch.models import build_model
-    from zfscratch.util.numerics import softmax
     from zfscratch.util.threads import set_threads, thread_info
 
     torch = cattr = None
@@ -75,104 +258,27 @@ def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="nu
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((3, size, size)).astype(np.float32)
     fill = np.zeros_like(x)
-    ys = O.occluder_positions(size, patch, stride)
-    gy, gx = (a.ravel() for a in np.meshgrid(ys, ys, indexing="ij"))
+    gy, gx, boxes = _positions(size, patch, stride)
     n = int(gy.size)
-    boxes = [(int(a), int(b), int(a) + patch, int(b) + patch) for a, b in zip(gy, gx)]
     progress(f"occlusion bench: {model} {size}, patch {patch}, stride {stride}: {n} positions, backend {be.name}")
     jit = warm_up_kernels(be)
     base = be.to_host(net.forward(be.to_device(x[None])))
     label = int(np.argmax(base[0]))
     xd, fd = be.to_device(x), be.to_device(fill)
-    full_secs, inc_secs = {}, {}
-
-    def full_sweep(timing=None):
-        outs = []
-        for s in range(0, n, batch):
-            e = min(n, s + batch)
-            a = O.occlude_batch(xd, fd, gy[s:e], gx[s:e], patch, be.xp)
-            t = time.perf_counter()
-            for l in net.layers:
-                a = l.forward(a)
-                if timing is not None:
-                    be.synchronize()
-                    t2 = time.perf_counter()
-                    timing[l.name] = timing.get(l.name, 0.0) + t2 - t
-                    t = t2
-            outs.append(be.to_host(a))
-        return np.concatenate(outs)
-
-    def inc_sweep(timing=None):
-        eng = IncrementalOccluder(net, xd, fd)
-        eng.seconds = timing
-        outs = [be.to_host(eng.positions(boxes[s:s + inc_batch])["logits"]) for s in range(0, n, inc_batch)]
-        return np.concatenate(outs)
-
+    sweeps = _Sweeps(net, be, xd, fd, gy, gx, boxes, patch, batch, inc_batch)
     plan = IncrementalOccluder(net, xd, fd).plan(boxes)
     res = dict(config=dict(model=model, size=int(size), patch=int(patch), stride=int(stride), positions=n,
                            backend=be.name, batch=int(batch), inc_batch=inc_batch, repeats=int(repeats),
                            seed=int(seed), captum=bool(captum)),
                jit_s=jit, threads=thread_info(), load_before=_load())
     res["blas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
-    runs = {"full": [], "incremental": [], "captum": []}
-    captum_sweep = None
-    if captum:
-        model_t = torch.nn.Sequential(*[m for _, m in torch_twin(net)]).eval()
-        xt = torch.from_numpy(x[None])
-        occ = cattr.Occlusion(model_t)
-
-        def captum_sweep():
-            with torch.no_grad():
-                return occ.attribute(xt, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
-                                     baselines=0, target=label, perturbations_per_eval=batch)
-        with torch.no_grad():  # warm-up: one batch through the twin
-            model_t(xt.repeat(batch, 1, 1, 1))
-
-    def timed(key, fn):
-        t = time.perf_counter()
-        out = fn()
-        runs[key].append(time.perf_counter() - t)
-        return out
-
-    got = {}
-    for r in range(int(repeats)):
-        if r == 0:  # the first round also measures peak memory, per-layer seconds and agreement
-            progress(f"round 1/{repeats}: full (with peak memory and per-layer times)")
-            res["peak_mib_full"], rss0 = peak_rss_of(
-                lambda: got.__setitem__("full", timed("full", lambda: full_sweep(full_secs))))
-            progress(f"round 1/{repeats}: incremental (with peak memory and per-layer times)")
-            res["peak_mib_incremental"], rss1 = peak_rss_of(
-                lambda: got.__setitem__("inc", timed("incremental", lambda: inc_sweep(inc_secs))))
-        else:
-            progress(f"round {r + 1}/{repeats}: full")
-            timed("full", full_sweep)
-            progress(f"round {r + 1}/{repeats}: incremental")
-            timed("incremental", inc_sweep)
-        if captum_sweep is not None:
-            progress(f"round {r + 1}/{repeats}: Captum")
-            timed("captum", captum_sweep)
-    res["rss_before_mib"] = max(rss0, rss1)
-    res["peak_ratio"] = (res["peak_mib_incremental"] - rss1) / max(1e-9, res["peak_mib_full"] - rss0)
-    pf, pi = softmax(got["full"])[:, label], softmax(got["inc"])[:, label]
-    res["logits_max_rel_diff"] = float(np.abs(got["full"] - got["inc"]).max() / np.abs(got["full"]).max())
-    res["prob_true_max_rel_diff"] = float((np.abs(pf - pi) / np.maximum(np.abs(pf), 1e-30)).max())
-    res["top_label_agree"] = float((got["full"].argmax(1) == got["inc"].argmax(1)).mean())
+    captum_sweep = _captum_sweep(torch, cattr, net, x, patch, stride, label, batch) if captum else None
+    runs, got, memory, full_secs, inc_secs = _timed_rounds(sweeps, captum_sweep, repeats, progress)
+    res.update(_memory_entries(memory))
+    res.update(_agreement(got["full"], got["inc"], label))
     res["load_after"] = _load()
-    res["seconds"] = {k: v for k, v in runs.items() if v}
-    res["positions_per_s"] = {k: n / min(v) for k, v in runs.items() if v}
-    pps = res["positions_per_s"]
-    res["speedup_vs_full"] = pps["incremental"] / pps["full"]
-    if captum:
-        res["speedup_vs_captum"] = pps["incremental"] / pps["captum"]
-    rows = []
-    for p in plan:
-        tf, ti = full_secs.get(p["layer"], 0.0), inc_secs.get(p["layer"], 0.0)
-        rows.append(dict(p, predicted_saving=p["full_macs"] / max(p["incremental_macs"], 1e-30),
-                         full_s=tf, incremental_s=ti, measured_saving=tf / ti if ti > 0 else None))
-    res["layers"] = rows
-    tot_f = sum(p["full_macs"] for p in plan)
-    tot_i = sum(p["incremental_macs"] for p in plan)
-    res["predicted_saving_total"] = tot_f / tot_i
+    res.update(_throughput(runs, n))
+    res["layers"], res["predicted_saving_total"] = _layer_rows(plan, full_secs, inc_secs)
     return res
 
 
