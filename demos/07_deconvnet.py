@@ -1,3 +1,34 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The DeconvNet: projecting a feature activation back to the pixels
+#
+# Paper section 2.1. To see what made one feature map fire, run the net forward to layer L,
+# recording the max-pool switches; keep the strongest activation of that map and zero everything
+# else; then walk back down: *unpool* with the switches, *rectify* (ReLU of the reconstruction),
+# *filter* with the transposed weights (`conv2d_backward_data`); normalization layers pass the
+# signal through. The result is image-shaped, `(3, H, W)`.
+#
+# The demo writes the walk out by hand with the kernels and compares it with
+# `zfscratch.deconv.project`, projects the strongest map of layers 1-5 inside its receptive field,
+# checks that the transposed filtering is the exact adjoint of the convolution, and ends with a
+# float64 gradient check of `Conv2d` (whose input gradient is that same transposed convolution).
+#
+# It uses the main job's trained model when `zfscratch run` made one (or `--weights`), else trains a
+# small one in a few seconds; with `--fast` the same architecture is left untrained.
+#
+# Script: `python demos/07_deconvnet.py --fast`;
+# notebook: `jupytext --to notebook demos/07_deconvnet.py`.
+
+# %%
 """The DeconvNet on one image (paper section 2.1): what made a feature map fire, in pixel space.
 
 Run the net forward to layer L, recording the max-pool switches; keep the strongest activation of
@@ -16,7 +47,52 @@ from zfscratch.layers import Conv2d
 from zfscratch.preprocess import Preprocess
 from zfscratch.viz import to_display
 
+# %% [markdown]
+# ## Model and image
+# One validation image, preprocessed (resized, mean subtracted) into a batch of one, `(1, 3, H, W)`.
+# The printed shapes `(C, H, W)` are those of the layers the DeconvNet can project (the conv part).
 
+
+# %%
+def model_and_image(args):
+    net, meta, ds = C.demo_model(args)
+    pre = Preprocess.from_meta(meta)
+    size = int(net.config["input_size"])
+    if ds is not None:
+        imgs, labels = ds.get_batch(np.arange(8))
+        i = 0
+        img, label = imgs[i], (meta.get("classes") or [])[int(labels[i])] if meta.get("classes") else labels[i]
+    else:
+        img, label = C.toy_image(size, args.seed), "?"
+    x = np.asarray(pre(img[None]), np.float32)
+    print(f"image: class {label}, input {x.shape}")
+    return net, pre, x, label
+
+
+def forward_shapes(net, x):
+    C.section("forward shapes (C, H, W) of the projectable layers")
+    line = []
+    for name, shape in net.output_shapes(x.shape):
+        if name not in deconv.projectable_layers(net):
+            break
+        line.append(f"{name} {shape[1:]}")
+        if net.layer(name).kind in ("LocalResponseNorm", "LocalContrastNorm", "MaxPool2d") and not name.startswith("pool1") \
+                and not name.startswith("pool2"):
+            print("  " + "  ".join(line))
+            line = []
+    if line:
+        print("  " + "  ".join(line))
+
+
+# %% [markdown]
+# ## The walk down, by hand
+# `by_hand` runs the forward pass layer by layer, keeping each pool's switches, keeps the single
+# strongest activation of one map, and walks back down with the three kernel calls. The printed
+# steps give the reconstruction's shape after each layer; the result must equal
+# `deconv.project(..., mode="max")`.
+
+
+# %%
 def by_hand(net, x, layer, map_index):
     """The DeconvNet for the strongest activation of one map, written out with the kernel calls."""
     be, kern = net.backend, net.backend.kernels
@@ -44,35 +120,7 @@ def by_hand(net, x, layer, map_index):
     return C.host(be, r)[0], steps
 
 
-def main(argv=None):
-    args = C.parse_args(__doc__, argv, extra=C.add_weights_arg)
-    be, rng = args.be, args.rng
-    C.title("DeconvNet: projecting a feature activation back to the pixels")
-    net, meta, ds = C.demo_model(args)
-    pre = Preprocess.from_meta(meta)
-    size = int(net.config["input_size"])
-    if ds is not None:
-        imgs, labels = ds.get_batch(np.arange(8))
-        i = 0
-        img, label = imgs[i], (meta.get("classes") or [])[int(labels[i])] if meta.get("classes") else labels[i]
-    else:
-        img, label = C.toy_image(size, args.seed), "?"
-    x = np.asarray(pre(img[None]), np.float32)
-    print(f"image: class {label}, input {x.shape}")
-
-    C.section("forward shapes (C, H, W) of the projectable layers")
-    line = []
-    for name, shape in net.output_shapes(x.shape):
-        if name not in deconv.projectable_layers(net):
-            break
-        line.append(f"{name} {shape[1:]}")
-        if net.layer(name).kind in ("LocalResponseNorm", "LocalContrastNorm", "MaxPool2d") and not name.startswith("pool1") \
-                and not name.startswith("pool2"):
-            print("  " + "  ".join(line))
-            line = []
-    if line:
-        print("  " + "  ".join(line))
-
+def compare_with_library(net, x):
     C.section("the walk down written out with the kernels vs zfscratch.deconv.project (layer relu2)")
     a2 = deconv.activations(net, x, ["relu2"])["relu2"][0]
     m2 = int(np.argmax(a2.reshape(a2.shape[0], -1).max(1)))
@@ -83,6 +131,16 @@ def main(argv=None):
     print(f"  max |by hand - deconv.project| = {np.abs(mine - lib[0]).max():.2e}")
     assert np.allclose(mine, lib[0], atol=1e-5 * max(1.0, np.abs(lib).max()))
 
+
+# %% [markdown]
+# ## The strongest map of each layer
+# For layers 1-5, the map with the largest activation is projected from that single activation. A
+# unit sees only its receptive field (`deconv.receptive_field`, the box `deconv.unit_box` gives in
+# pixels), so every non-zero pixel of its projection must lie inside that box (`True` below).
+
+
+# %%
+def strongest_per_layer(net, x):
     C.section("strongest map of each layer, projected (mode 'max': only its largest activation kept)")
     layers = deconv.parse_layers(net, "1-5")
     projs, boxes, rows = [], [], []
@@ -102,7 +160,19 @@ def main(argv=None):
         projs.append(r[0])
         boxes.append((y0, y1, x0, x1))
         rows.append((nm, m, inf["value"][0]))
+    return layers, acts, projs, boxes, rows
 
+
+# %% [markdown]
+# ## Properties
+# With the switches fixed, the walk down is linear in the kept activation for positive values
+# (`ReLU(2r) = 2 ReLU(r)`), so doubling it doubles the projection. And filtering with the
+# transposed weights is the adjoint of the convolution: `<conv1(x), y> = <x, conv1^T(y)>` for any
+# `x`, `y` (float64, the two printed numbers agree).
+
+
+# %%
+def properties(be, rng, net, x, acts, rows):
     C.section("properties")
     nm, m, v = rows[2]
     a3 = acts[nm][0, m]
@@ -121,10 +191,29 @@ def main(argv=None):
     print(f"  adjoint: <conv1(x), y> = {lhs:.10f}, <x, conv1^T(y)> = {rhs:.10f}  (float64)")
     assert abs(lhs - rhs) < 1e-8 * max(1.0, abs(lhs))
 
+
+# %% [markdown]
+# ## Gradient check
+# The input gradient of `Conv2d` is the same transposed convolution the DeconvNet uses; float64
+# finite differences check it (and dw, db) on a 7x7 stride-2 layer like ZFNet's conv1 (`-> pass`).
+
+
+# %%
+def gradients(be, rng):
     C.section("gradients")
     g = Conv2d(3, 4, 7, stride=2, pad=1, name="conv1", init_std=0.3, rng=rng, dtype=np.float64).set_backend(be)
     C.gradcheck(g, be.to_device(rng.standard_normal((2, 3, 11, 11)), np.float64), rng, "Conv2d 7x7 s2 p1 (dx = transposed conv)")
 
+
+# %% [markdown]
+# ## Figure
+# Top: the input, then each layer's projection (grey = 0, display `0.5 + 0.5 r / max|r|`) with its
+# receptive field in yellow. Bottom: all of layer 1 projected at once, then where each projection
+# falls on the image.
+
+
+# %%
+def figure(args, net, pre, x, label, layers, projs, boxes, rows):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
     disp = np.asarray(pre.deprocess(x))[0]
@@ -147,6 +236,23 @@ def main(argv=None):
     fig.suptitle("DeconvNet: the strongest activation of one map per layer, projected to pixels "
                  "(grey = 0, display 0.5 + 0.5 r / max|r|)")
     C.save(fig, args, "07_deconvnet.png")
+
+
+# %% [markdown]
+# ## Run every step
+
+# %%
+def main(argv=None):
+    args = C.parse_args(__doc__, argv, extra=C.add_weights_arg)
+    be, rng = args.be, args.rng
+    C.title("DeconvNet: projecting a feature activation back to the pixels")
+    net, pre, x, label = model_and_image(args)
+    forward_shapes(net, x)
+    compare_with_library(net, x)
+    layers, acts, projs, boxes, rows = strongest_per_layer(net, x)
+    properties(be, rng, net, x, acts, rows)
+    gradients(be, rng)
+    figure(args, net, pre, x, label, layers, projs, boxes, rows)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,32 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Occlusion sensitivity (paper Fig 7)
+#
+# Is the classifier really looking at the object, or at its surroundings? Slide a grey square (the
+# training mean, 0 after mean subtraction) over the image and, for each position, run the net once
+# and record the total activation of the strongest last-conv map of the unoccluded image, the
+# probability of the true class and the most probable label. If the net uses the object, P(true)
+# drops when the square covers the object, not when it covers the background. The sweep is batched
+# (many occluded copies per forward pass); the demo checks it against one plain forward pass per
+# position.
+#
+# It uses the main job's trained model when `zfscratch run` made one (or `--weights`), else trains a
+# small one in a few seconds; with `--fast` the same architecture is left untrained, so the maps show
+# the mechanics rather than a meaningful result.
+#
+# Script: `python demos/08_occlusion.py --fast`;
+# notebook: `jupytext --to notebook demos/08_occlusion.py`.
+
+# %%
 """Occlusion sensitivity on one image (paper Fig 7), with zfscratch.experiments.occlusion.
 
 A grey square (the training mean: 0 after mean subtraction) is slid over the image; for each
@@ -21,11 +50,19 @@ def extra(p):
     p.add_argument("--index", type=int, default=0, help="validation image to occlude (default 0)")
 
 
-def main(argv=None):
-    args = C.parse_args(__doc__, argv, extra=extra)
-    C.title("Occlusion sensitivity")
-    net, meta, ds = C.demo_model(args)
-    size = int(net.config["input_size"])
+# %% [markdown]
+# ## The sweep
+# The occluder is a quarter of the image side; it moves by `stride` pixels, so an `H x W` image gives
+# a grid of positions, one value per position in each map. `occlusion.run_occlusion` runs the sweep
+# on validation image `--index` and writes the figure and a JSON file of the numbers. The figure's
+# panels follow Fig 7: the input with the occluder where P(true) is lowest, the activation of the
+# strongest last-conv map per occluder position, that map's DeconvNet projection, P(true class) and
+# the most probable label per position. The printout gives the lowest P(true) and whether it falls
+# inside the object's box.
+
+
+# %%
+def sweep(args, net, meta, ds, size):
     patch = max(2, round(size / 4))
     stride = max(1, round(size / (8 if args.fast else 16)))
     print(f"occluder {patch}x{patch} px, stride {stride} px, filled with the training mean")
@@ -45,7 +82,17 @@ def main(argv=None):
             print(f"  that position is inside the object's box: {res[k]}")
     print(f"  strongest last-conv map: {res['layer']} map {res['map_index']} (total activation "
           f"{res['base_activation']:.3g} unoccluded)")
+    return res, patch, stride
 
+
+# %% [markdown]
+# ## Check: batched sweep == one forward pass per position
+# On a coarser grid, `occlusion_maps` (batches of 7 occluded copies) and `occlusion_reference` (one
+# plain forward pass per position) must give the same activation map, P(true) map and top labels.
+
+
+# %%
+def check_batched(args, net, meta, ds, size, patch, stride):
     C.section("check: batched sweep == one forward pass per position")
     pre = Preprocess.from_meta(meta)
     img, lab = ds.get_batch([args.index])
@@ -58,6 +105,20 @@ def main(argv=None):
     print(f"  {fast['positions']} positions: activation max rel. difference {da:.1e}, P(true) max difference "
           f"{dp:.1e}, labels equal: {np.array_equal(fast['top_label'], ref['top_label'])}")
     assert da < 1e-4 and dp < 1e-4
+
+
+# %% [markdown]
+# ## Run every step
+# The figure was written by the sweep (`<out>/08_occlusion.png`).
+
+# %%
+def main(argv=None):
+    args = C.parse_args(__doc__, argv, extra=extra)
+    C.title("Occlusion sensitivity")
+    net, meta, ds = C.demo_model(args)
+    size = int(net.config["input_size"])
+    res, patch, stride = sweep(args, net, meta, ds, size)
+    check_batched(args, net, meta, ds, size, patch, stride)
     print(f"\nsaved {res['figure']} (and {os.path.basename(res['json'])})")
 
 
