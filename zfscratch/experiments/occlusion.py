@@ -96,6 +96,119 @@ def occlude_batch(x, fill, ys, xs, patch, xp=np):
     return out
 
 
+def _unoccluded(net, x, layer, map_index, label):
+    """The reference pass of the unoccluded image ``x (C, H, W)``.
+
+    Returns
+    -------
+    (fmap, map_index, p0, label): ``layer``'s output (F, h, w) for the image, the feature map to
+    track (default: the one holding the largest single activation), the class probabilities (K,),
+    and the true class (default: the predicted one), validated.
+    """
+    base = S.forward_layers(net, x[None], [layer])
+    fmap = base[layer][0]
+    if map_index is None:
+        map_index = int(np.argmax(fmap.reshape(fmap.shape[0], -1).max(axis=1)))
+    p0 = S.softmax(base["logits"])[0]
+    if label is None:
+        label = int(np.argmax(p0))
+    label = int(label)
+    if not 0 <= label < p0.shape[0]:
+        raise UserError(f"label {label} out of range 0..{p0.shape[0] - 1}")
+    return fmap, map_index, p0, label
+
+
+def _rank_positions(n, step, world):
+    """``[lo, hi)``: the run of the ``n`` positions this rank sweeps, whole passes of ``step``
+    positions, so that every position is computed in the same pass as in one process."""
+    from zfscratch.distributed import shard_range
+    nb = -(-n // step)
+    b0, b1 = shard_range(nb, world.rank, world.size)
+    return b0 * step, min(n, b1 * step)
+
+
+def _sweep(net, xd, fd, gy, gx, patch, layer, map_index, label, span, step, engine, bar):
+    """Occlude positions ``span = (lo, hi)`` of the flattened grid, ``step`` per pass.
+
+    Parameters
+    ----------
+    xd, fd : (C, H, W) image and occluder content on the device
+    gy, gx : (n,) top-left corners of every position (row-major over the grid)
+    engine : an :class:`~zfscratch.experiments.incremental.IncrementalOccluder`, or None for full
+        forward passes of the occluded images
+
+    Returns
+    -------
+    (act, pt, tl, tp): (n,) arrays -- the map's total activation, P(label), the top label and its
+    probability -- zero outside ``span``, so that summing the ranks' arrays is exact.
+    """
+    be = net.backend
+    n = gy.size
+    li = net.index(layer)
+    act = np.zeros(n, np.float64)
+    pt = np.zeros(n, np.float64)
+    tl = np.zeros(n, np.int64)
+    tp = np.zeros(n, np.float64)
+    lo, hi = span
+    for s, e in ((lo + s, lo + e) for s, e in S.batched(hi - lo, step)):
+        if engine is not None:
+            r = engine.positions([(gy[k], gx[k], gy[k] + patch, gx[k] + patch) for k in range(s, e)])
+            a, logits = r[layer], r["logits"]
+        else:
+            xb = occlude_batch(xd, fd, gy[s:e], gx[s:e], patch, be.xp)
+            a = net.forward_range(xb, 0, li + 1)
+            logits = net.forward_range(a, li + 1, len(net.layers))
+        act[s:e] = be.to_host(a[:, map_index].reshape(e - s, -1).sum(axis=1))
+        p = S.softmax(be.to_host(logits))
+        pt[s:e] = p[:, label]
+        tl[s:e] = p.argmax(axis=1)
+        tp[s:e] = p.max(axis=1)
+        bar.update(e - s)
+    return act, pt, tl, tp
+
+
+def _sweep_grid(net, x, fill, ys, xs, patch, layer, map_index, label, batch, incremental, progress,
+                bar, world):
+    """Every occluder position of the grid ``ys x xs`` (this rank's share, summed over the ranks).
+
+    Parameters
+    ----------
+    x, fill : (C, H, W) float32 image and occluder content (host)
+    ys, xs : top-left corners along each axis (:func:`occluder_positions`)
+    batch, incremental, progress, bar, world : as in :func:`occlusion_maps`
+
+    Returns
+    -------
+    ((act, pt, tl, tp), seconds): the (len(ys) * len(xs),) arrays of :func:`_sweep`, row-major over
+    the grid, and the wall time of the sweep (engine set-up and merging included).
+    """
+    be = net.backend
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    gy, gx = gy.ravel(), gx.ravel()
+    from zfscratch.distributed import World
+    world = world or World()
+    step = int(batch) * (INCREMENTAL_BATCH_FACTOR if incremental else 1)  # positions per pass
+    lo, hi = _rank_positions(gy.size, step, world)
+    xd, fd = be.to_device(x), be.to_device(fill)
+    own_bar = bar is None
+    if own_bar:
+        bar = S.progress_bar(hi - lo, "occlusion", progress and world.is_root, unit="pos")
+    t0 = time.perf_counter()
+    engine = None
+    if incremental:  # (step above: a position costs a few percent of a full pass in memory)
+        from zfscratch.experiments.incremental import IncrementalOccluder
+        engine = IncrementalOccluder(net, xd, fd, keep=[layer])
+    try:
+        maps = _sweep(net, xd, fd, gy, gx, patch, layer, map_index, label, (lo, hi), step, engine, bar)
+    finally:
+        if own_bar:
+            bar.close()
+    if world.distributed:
+        for a in maps:
+            world.allreduce_sum(a, what="merging occlusion maps")
+    return maps, time.perf_counter() - t0
+
+
 def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, layer=None,
                    map_index=None, batch=32, progress=False, incremental=True, bar=None, world=None):
     """Occlusion sweep of one preprocessed image.
@@ -132,68 +245,15 @@ def occlusion_maps(net, x, label=None, patch=48, stride=8, margin=0, fill=None, 
     x = np.asarray(x, np.float32)
     if x.ndim != 3:
         raise UserError(f"occlusion: expected one image (C, H, W), got shape {x.shape}")
-    C, H, W = x.shape
+    _, H, W = x.shape
     layer = S.last_conv_output(net) if layer is None else S.resolve_layer(net, layer)
-    be = net.backend
-    xp = be.xp
     fill = np.zeros_like(x) if fill is None else np.asarray(fill, np.float32)
-    base = S.forward_layers(net, x[None], [layer])
-    fmap = base[layer][0]
-    if map_index is None:
-        map_index = int(np.argmax(fmap.reshape(fmap.shape[0], -1).max(axis=1)))
-    p0 = S.softmax(base["logits"])[0]
-    if label is None:
-        label = int(np.argmax(p0))
-    label = int(label)
-    if not 0 <= label < p0.shape[0]:
-        raise UserError(f"label {label} out of range 0..{p0.shape[0] - 1}")
+    fmap, map_index, p0, label = _unoccluded(net, x, layer, map_index, label)
     ys = occluder_positions(H, patch, stride, margin)
     xs = occluder_positions(W, patch, stride, margin)
-    gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    gy, gx = gy.ravel(), gx.ravel()
-    n = gy.size
-    from zfscratch.distributed import World, shard_range
-    world = world or World()
-    step = int(batch) * (INCREMENTAL_BATCH_FACTOR if incremental else 1)  # positions per pass
-    nb = -(-n // step)
-    b0, b1 = shard_range(nb, world.rank, world.size)
-    lo, hi = b0 * step, min(n, b1 * step)  # whole passes: each position computed as in one process
-    act = np.zeros(n, np.float64)  # zeros outside this rank's share: summing the shares is exact
-    pt = np.zeros(n, np.float64)
-    tl = np.zeros(n, np.int64)
-    tp = np.zeros(n, np.float64)
-    xd, fd = be.to_device(x), be.to_device(fill)
-    li = net.index(layer)
-    own_bar = bar is None
-    if own_bar:
-        bar = S.progress_bar(hi - lo, "occlusion", progress and world.is_root, unit="pos")
-    t0 = time.perf_counter()
-    engine = None
-    if incremental:  # (step above: a position costs a few percent of a full pass in memory)
-        from zfscratch.experiments.incremental import IncrementalOccluder
-        engine = IncrementalOccluder(net, xd, fd, keep=[layer])
-    try:
-        for s, e in ((lo + s, lo + e) for s, e in S.batched(hi - lo, step)):
-            if engine is not None:
-                r = engine.positions([(gy[k], gx[k], gy[k] + patch, gx[k] + patch) for k in range(s, e)])
-                a, logits = r[layer], r["logits"]
-            else:
-                xb = occlude_batch(xd, fd, gy[s:e], gx[s:e], patch, xp)
-                a = net.forward_range(xb, 0, li + 1)
-                logits = net.forward_range(a, li + 1, len(net.layers))
-            act[s:e] = be.to_host(a[:, map_index].reshape(e - s, -1).sum(axis=1))
-            p = S.softmax(be.to_host(logits))
-            pt[s:e] = p[:, label]
-            tl[s:e] = p.argmax(axis=1)
-            tp[s:e] = p.max(axis=1)
-            bar.update(e - s)
-    finally:
-        if own_bar:
-            bar.close()
-    if world.distributed:
-        for a in (act, pt, tl, tp):
-            world.allreduce_sum(a, what="merging occlusion maps")
-    dt = time.perf_counter() - t0
+    (act, pt, tl, tp), dt = _sweep_grid(net, x, fill, ys, xs, patch, layer, map_index, label, batch,
+                                        incremental, progress, bar, world)
+    n = len(ys) * len(xs)
     shape = (len(ys), len(xs))
     return dict(ys=ys, xs=xs, activation=act.reshape(shape), prob_true=pt.reshape(shape),
                 top_label=tl.reshape(shape), top_prob=tp.reshape(shape), label=label, layer=layer,
@@ -324,6 +384,62 @@ def plot_occlusion(res, image, projection, names, path, bbox=None, title=None):
     return S.save_figure(fig, path)
 
 
+def _dataset_sample(dataset, index, label, size):
+    """Image ``index`` of ``dataset``: ``(image (H, W, 3) uint8, label, bbox)``.
+
+    ``label`` defaults to the dataset's; ``bbox`` ``(x0, y0, x1, y1)`` is the object's box for
+    synthetic data whose images are already at the model's input ``size`` (else None: a resized
+    image's box would not match the maps).
+    """
+    if dataset is None:
+        raise UserError("occlusion: give an image file or a dataset and an index")
+    if not 0 <= int(index) < len(dataset):
+        raise UserError(f"--index {index}: out of range 0..{len(dataset) - 1}")
+    imgs, labs = dataset.get_batch([int(index)])
+    image = imgs[0]
+    if label is None:
+        label = int(labs[0])
+    bbox = None
+    if hasattr(dataset, "samples"):
+        b = getattr(dataset.samples([int(index)])[0], "bbox", None)
+        if b is not None and tuple(image.shape[:2]) == (size, size):
+            bbox = tuple(int(v) for v in b)
+    return image, label, bbox
+
+
+def _label_index(label, names):
+    """``--label`` as a class index: a class name or a digit string is converted; others pass."""
+    if isinstance(label, str):
+        if label in names:
+            return names.index(label)
+        if label.isdigit():
+            return int(label)
+        raise UserError(f"--label {label!r}: not a class of this model ({', '.join(names)})")
+    return label
+
+
+def _summary(res, names, bbox, settings, fig_path, json_path):
+    """The JSON-ready result of :func:`run_occlusion`: ``res`` from :func:`occlusion_maps` with class
+    names, the bounding-box check and the run's ``settings`` (patch, stride, margin, value, batch)."""
+    mpos = min_position(res)
+    return {
+        "experiment": "occlusion", "label": res["label"], "label_name": names[res["label"]],
+        "layer": res["layer"], "map_index": res["map_index"], "patch": settings["patch"],
+        "stride": settings["stride"], "margin": settings["margin"], "value": settings["value"],
+        "positions": res["positions"], "incremental": bool(res["incremental"]),
+        "positions_per_s": res["positions_per_s"], "seconds": res["seconds"], "batch": settings["batch"],
+        "base_prob_true": res["base_prob_true"], "base_label": res["base_label"],
+        "base_label_name": names[res["base_label"]], "base_activation": res["base_activation"],
+        "min_prob_true": float(res["prob_true"].min()), "min_prob_position_xy": list(mpos),
+        "bbox": list(bbox) if bbox else None,
+        "min_inside_bbox": inside_bbox(mpos, bbox) if bbox else None,
+        "centres_y": centre_grid(res)[0], "centres_x": centre_grid(res)[1],
+        "activation": res["activation"], "prob_true": res["prob_true"], "top_label": res["top_label"],
+        "top_label_names": sorted({names[int(v)] for v in np.unique(res["top_label"])}),
+        "figure": fig_path, "json": json_path,
+    }
+
+
 def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=None, patch=None,
                   stride=None, margin=0, value="mean", batch=32, project_mode="max", progress=True,
                   name="occlusion", incremental=True, bar=None, world=None):
@@ -354,25 +470,8 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     names = S.class_names(meta, S.num_classes(net))
     bbox = None
     if image is None:
-        if dataset is None:
-            raise UserError("occlusion: give an image file or a dataset and an index")
-        if not 0 <= int(index) < len(dataset):
-            raise UserError(f"--index {index}: out of range 0..{len(dataset) - 1}")
-        imgs, labs = dataset.get_batch([int(index)])
-        image = imgs[0]
-        if label is None:
-            label = int(labs[0])
-        if hasattr(dataset, "samples"):
-            b = getattr(dataset.samples([int(index)])[0], "bbox", None)
-            if b is not None and tuple(image.shape[:2]) == (size, size):
-                bbox = tuple(int(v) for v in b)
-    if isinstance(label, str):
-        if label in names:
-            label = names.index(label)
-        elif label.isdigit():
-            label = int(label)
-        else:
-            raise UserError(f"--label {label!r}: not a class of this model ({', '.join(names)})")
+        image, label, bbox = _dataset_sample(dataset, index, label, size)
+    label = _label_index(label, names)
     patch = int(patch) if patch else max(1, round(size / 5))
     stride = int(stride) if stride else max(1, round(size / 28))
     x = np.asarray(pre(np.asarray(image)[None]), np.float32)[0]
@@ -387,22 +486,8 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     json_path = safe_join(out_dir, safe_name(name, what="--name") + ".json")
     if root:
         plot_occlusion(res, S.display_image(x, pre), proj, names, fig_path, bbox=bbox)
-    mpos = min_position(res)
-    out = {
-        "experiment": "occlusion", "label": res["label"], "label_name": names[res["label"]],
-        "layer": res["layer"], "map_index": res["map_index"], "patch": patch, "stride": stride,
-        "margin": margin, "value": value, "positions": res["positions"], "incremental": bool(incremental),
-        "positions_per_s": res["positions_per_s"], "seconds": res["seconds"], "batch": batch,
-        "base_prob_true": res["base_prob_true"], "base_label": res["base_label"],
-        "base_label_name": names[res["base_label"]], "base_activation": res["base_activation"],
-        "min_prob_true": float(res["prob_true"].min()), "min_prob_position_xy": list(mpos),
-        "bbox": list(bbox) if bbox else None,
-        "min_inside_bbox": inside_bbox(mpos, bbox) if bbox else None,
-        "centres_y": centre_grid(res)[0], "centres_x": centre_grid(res)[1],
-        "activation": res["activation"], "prob_true": res["prob_true"], "top_label": res["top_label"],
-        "top_label_names": sorted({names[int(v)] for v in np.unique(res["top_label"])}),
-        "figure": fig_path, "json": json_path,
-    }
+    settings = dict(patch=patch, stride=stride, margin=margin, value=value, batch=batch)
+    out = _summary(res, names, bbox, settings, fig_path, json_path)
     if root:
         S.write_json(json_path, out)
     return out
