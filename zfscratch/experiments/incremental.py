@@ -249,6 +249,87 @@ class IncrementalOccluder:
         return per_layer
 
     # -------------------------------------------------------------------------------- the pass
+    def _by_window_size(self, i, wins, n, run):
+        """Changed windows of spatial layer ``i``'s output, one stacked call per window size.
+
+        Parameters
+        ----------
+        wins : per position, its window (r0, r1, c0, c1) of the layer's output
+        n : number of positions
+        run : ``run(idx, h, w)`` -> (len(idx), C, h, w) backend array: the layer's output windows of
+            positions ``idx`` (all of size ``h x w``)
+
+        Returns
+        -------
+        (data, made): per position its (C, h, w) window (an empty slice where nothing changes), and
+        {tuple(idx): stacked output}, so that the next layer can reuse a stack without restacking.
+        """
+        new, made = [None] * n, {}
+        for (h, w), idx in self._group(wins).items():
+            if h == 0 or w == 0:
+                for k in idx:
+                    new[k] = self.base_spatial[i][:, 0:0, 0:0]
+                continue
+            y = run(idx, h, w)
+            made[tuple(idx)] = y
+            for j, k in enumerate(idx):
+                new[k] = y[j]
+        return new, made
+
+    def _point_step(self, i, wins, data, last):
+        """Pointwise spatial layer ``i`` (ReLU, LRN, dropout) on the changed windows ``data`` (per
+        position (C, h, w)); the windows ``wins`` stay as they are. Returns ``(data, made)`` as
+        :meth:`_by_window_size`; ``last`` is the previous layer's ``made`` (stacks reused as is)."""
+        xp, l = self.xp, self.spatial[i].layer
+
+        def run(idx, h, w):
+            stack = last.get(tuple(idx))
+            if stack is None:
+                stack = xp.ascontiguousarray(xp.stack([data[k] for k in idx]))
+            return l.forward(stack)
+        return self._by_window_size(i, wins, len(data), run)
+
+    def _window_patches(self, i, pad, idx, h, w, wins, owins, data):
+        """Input patches (len(idx), C, ph, pw) of windowed layer ``i`` for the output windows
+        ``owins[k]`` (all ``h x w``) of positions ``idx``: the padded unoccluded input ``pad`` with
+        each position's changed input window ``data[k]`` (at ``wins[k]``) pasted in."""
+        xp, g = self.xp, self.spatial[i]
+        s, k_, p = g.s, g.k, g.p
+        ph, pw = (h - 1) * s + k_, (w - 1) * s + k_
+        patches = xp.empty((len(idx), pad.shape[0], ph, pw), pad.dtype)
+        for j, k in enumerate(idx):
+            a, _, c, _ = owins[k]
+            py, px = a * s, c * s  # patch origin in padded coordinates
+            patches[j] = pad[:, py:py + ph, px:px + pw]
+            r0, r1, c0, c1 = wins[k]
+            # the changed input window, in padded coordinates, clipped to the patch
+            y0, y1 = max(r0 + p, py), min(r1 + p, py + ph)
+            x0, x1 = max(c0 + p, px), min(c1 + p, px + pw)
+            if y1 > y0 and x1 > x0:
+                patches[j, :, y0 - py:y1 - py, x0 - px:x1 - px] = \
+                    data[k][:, y0 - p - r0:y1 - p - r0, x0 - p - c0:x1 - p - c0]
+        return patches
+
+    def _window_step(self, i, wins, data, last):
+        """Windowed spatial layer ``i`` (conv, pool) on the changed input windows.
+
+        Returns ``(full, data, wins, last)``: ``full`` is the layer's whole output (K, F, H, W) when
+        every changed output window covers at least ``full_fraction`` of the map (the rest of the
+        network then runs in full; ``data``, ``wins``, ``last`` come back unchanged), else None with
+        the new output windows, their data and stacks (:meth:`_by_window_size`).
+        """
+        g = self.spatial[i]
+        ho, wo = g.out_hw
+        owins = self._out_windows(g, wins)
+        if all((b - a) * (d - c) >= self.full_fraction * ho * wo for a, b, c, d in owins):
+            return g.layer.forward(self._full_maps(self.base_in[i], wins, data)), data, wins, last
+        pad = self._padded_input(i)
+
+        def run(idx, h, w):
+            return self._run_window_layer(i, self._window_patches(i, pad, idx, h, w, wins, owins, data))
+        new, made = self._by_window_size(i, owins, len(data), run)
+        return None, new, owins, made
+
     def positions(self, boxes):
         """Outputs for occluder boxes.
 
@@ -277,60 +358,16 @@ class IncrementalOccluder:
         timing = self.seconds is not None
         tick = time.perf_counter() if timing else 0.0
         for i, g in enumerate(self.spatial):
-            l = g.layer
             if full is not None:
-                full = l.forward(full)
+                full = g.layer.forward(full)
             elif g.kind == "point":
-                new, made = [None] * n, {}
-                for (h, w), idx in self._group(wins).items():
-                    if h == 0 or w == 0:
-                        for k in idx:
-                            new[k] = self.base_spatial[i][:, 0:0, 0:0]
-                        continue
-                    stack = last.get(tuple(idx))
-                    if stack is None:
-                        stack = xp.ascontiguousarray(xp.stack([data[k] for k in idx]))
-                    y = l.forward(stack)
-                    made[tuple(idx)] = y
-                    for j, k in enumerate(idx):
-                        new[k] = y[j]
-                data, last = new, made
+                data, last = self._point_step(i, wins, data, last)
             else:
-                ho, wo = g.out_hw
-                owins = self._out_windows(g, wins)
-                if all((b - a) * (d - c) >= self.full_fraction * ho * wo for a, b, c, d in owins):
-                    full = l.forward(self._full_maps(self.base_in[i], wins, data))
-                else:
-                    pad = self._padded_input(i)
-                    s, k_, p = g.s, g.k, g.p
-                    new, made = [None] * n, {}
-                    for (h, w), idx in self._group(owins).items():
-                        if h == 0 or w == 0:
-                            for k in idx:
-                                new[k] = self.base_spatial[i][:, 0:0, 0:0]
-                            continue
-                        ph, pw = (h - 1) * s + k_, (w - 1) * s + k_
-                        patches = xp.empty((len(idx), pad.shape[0], ph, pw), pad.dtype)
-                        for j, k in enumerate(idx):
-                            a, _, c, _ = owins[k]
-                            py, px = a * s, c * s  # patch origin in padded coordinates
-                            patches[j] = pad[:, py:py + ph, px:px + pw]
-                            r0, r1, c0, c1 = wins[k]
-                            # the changed input window, in padded coordinates, clipped to the patch
-                            y0, y1 = max(r0 + p, py), min(r1 + p, py + ph)
-                            x0, x1 = max(c0 + p, px), min(c1 + p, px + pw)
-                            if y1 > y0 and x1 > x0:
-                                patches[j, :, y0 - py:y1 - py, x0 - px:x1 - px] = \
-                                    data[k][:, y0 - p - r0:y1 - p - r0, x0 - p - c0:x1 - p - c0]
-                        y = self._run_window_layer(i, patches)
-                        made[tuple(idx)] = y
-                        for j, k in enumerate(idx):
-                            new[k] = y[j]
-                    data, wins, last = new, owins, made
+                full, data, wins, last = self._window_step(i, wins, data, last)
             if i in keep_idx:
                 out[keep_idx[i]] = full if full is not None else self._full_maps(self.base_spatial[i], wins, data)
             if timing:
-                tick = self._tick(l.name, tick)
+                tick = self._tick(g.layer.name, tick)
         a = full if full is not None else self._full_maps(self.base_out, wins, data)
         start = self.n_spatial
         for j, l in enumerate(self.net.layers[start:], start):
