@@ -494,6 +494,163 @@ def _cpu_model():
     return platform.processor() or None
 
 
+def _model_config(model, size, num_classes, widths, fc):
+    """The :func:`zfscratch.models.build_model` config of the benched net (None: the preset's value)."""
+    cfg = {"arch": model, "input_size": int(size)}
+    if num_classes is not None:
+        cfg["num_classes"] = int(num_classes)
+    if widths is not None:
+        cfg["widths"] = [int(v) for v in widths]
+    if fc is not None:
+        cfg["fc"] = int(fc)
+    return cfg
+
+
+def _bench_inputs(net, batch, size, seed):
+    """The seeded input batch: float32 normal noise (batch, C, size, size) and int labels (batch,)."""
+    rng = np.random.default_rng(seed)
+    x_host = rng.standard_normal((batch, net.config.get("in_channels", 3), size, size)).astype(np.float32)
+    labels_host = rng.integers(0, net.config["num_classes"], batch)
+    return x_host, labels_host
+
+
+def _machine_figures(be, sgemm_sizes, progress):
+    """The figures that describe the machine rather than the net: the JIT cost, the sgemm yardstick,
+    the threads and which BLAS kernel runs (a warning when a variable forces another one)."""
+    res = {}
+    progress("JIT: compiling or loading the kernels")
+    res["jit_s"] = warm_up_kernels(be)
+    progress(f"sgemm: square float32 products {', '.join(map(str, sgemm_sizes))}")
+    res["sgemm_gflops"] = sgemm_gflops(be.xp, sizes=sgemm_sizes, sync=be.synchronize)
+    res["threads"] = thread_info()
+    res["blas"] = blas_kernel_check()
+    if res["blas"]["warning"]:
+        progress("WARNING: " + res["blas"]["warning"])
+    return res
+
+
+class _Twin:
+    """The PyTorch side of a comparison: the twin's ``(name, module)`` list, its device and its sync.
+
+    The device is CUDA only when our backend is CuPy (and PyTorch sees a GPU), so both run on the same
+    kind of processor.
+    """
+
+    def __init__(self, torch, net, be):
+        self.device = "cuda" if be.name == "cupy" and torch.cuda.is_available() else "cpu"
+        self.sync = _torch_sync(torch, self.device)
+        self.mods = torch_twin(net, self.device)
+
+
+class _BenchRun:
+    """What every timed stage of :func:`run_bench` shares.
+
+    Parameters
+    ----------
+    net, be : the network and its backend
+    x_host : float32 (N, C, H, W), the input batch; ``x`` the same on the device
+    labels_host : int (N,), its labels; ``labels`` the same on the device
+    repeats : timed runs per measurement
+    progress : callable(str)
+    twin : :class:`_Twin` or None (no comparison)
+    """
+
+    def __init__(self, net, be, x_host, labels_host, repeats, progress, twin):
+        self.net, self.be, self.repeats, self.progress, self.twin = net, be, repeats, progress, twin
+        self.x_host, self.labels_host = x_host, labels_host
+        self.x, self.labels = be.to_device(x_host), be.to_device(labels_host)
+        self.batch = int(x_host.shape[0])
+
+
+def _layer_figures(r, ts, with_torch, peak):
+    """Fill layer row ``r`` (from :func:`our_layer_runs`) with its timings and the rates derived from them.
+
+    ``ts``: the lists of seconds of :func:`time_interleaved` (ours fwd, bwd, then torch fwd and, when the
+    module has one, bwd); ``peak``: the sgemm GFLOP/s (0 or None: no ``% sgemm``).
+    """
+    r["fwd_ms"], r["bwd_ms"] = _median_ms(ts[0]), _median_ms(ts[1])
+    if with_torch:
+        r["torch_fwd_ms"] = _median_ms(ts[2])
+        r["torch_bwd_ms"] = _median_ms(ts[3]) if len(ts) > 3 else 0.0
+        r["fwd_speedup"] = r["torch_fwd_ms"] / r["fwd_ms"] if r["fwd_ms"] > 0 else None
+        r["bwd_speedup"] = (r["torch_bwd_ms"] / r["bwd_ms"] if r["bwd_ms"] > 0 and r["torch_bwd_ms"] > 0
+                            else None)
+    r["in_shape"], r["out_shape"] = list(r["in_shape"]), list(r["out_shape"])
+    r["fwd_gflops"] = r["fwd_gflop"] / (r["fwd_ms"] / 1e3) if r["fwd_gflop"] and r["fwd_ms"] > 0 else None
+    r["bwd_gflops"] = r["bwd_gflop"] / (r["bwd_ms"] / 1e3) if r["bwd_gflop"] and r["bwd_ms"] > 0 else None
+    r["fwd_pct_sgemm"] = 100.0 * r["fwd_gflops"] / peak if r["fwd_gflops"] and peak else None
+    r["bwd_pct_sgemm"] = 100.0 * r["bwd_gflops"] / peak if r["bwd_gflops"] and peak else None
+
+
+def _time_layers(run, peak):
+    """Per layer: forward and backward timings, ours alternating with the twin's module when there is one.
+
+    Returns the list of layer rows (:func:`our_layer_runs` plus :func:`_layer_figures`); the net's
+    gradients are zeroed afterwards.
+    """
+    net, sync, twin = run.net, run.be.synchronize, run.twin
+    layers = our_layer_runs(net, run.x)
+    truns = (torch_layer_runs(twin.mods, run.x_host, bool(getattr(net.layers[0], "need_dx", False)), twin.device)
+             if twin else None)
+    for i, r in enumerate(layers):
+        fns, syncs = [r.pop("fwd"), r.pop("bwd")], [sync, sync]
+        if truns:
+            tf, tb = truns[i]
+            fns += [tf] + ([tb] if tb else [])
+            syncs += [twin.sync] * (2 if tb else 1)
+        _layer_figures(r, time_interleaved(fns, run.repeats, syncs), bool(truns), peak)
+        extra = f"   torch fwd {r['torch_fwd_ms']:8.2f} bwd {r['torch_bwd_ms']:8.2f}" if truns else ""
+        run.progress(f"  {r['name']:<8} fwd {r['fwd_ms']:8.2f} ms  bwd {r['bwd_ms']:8.2f} ms{extra}")
+    del truns  # the twin's graphs and gradients go before the whole-network runs
+    net.zero_grads()
+    return layers
+
+
+def _our_network_figures(run, f_ts, s_ts, ostep, layers, peak):
+    """The ``network`` entry: images/s, the page faults and memory of a step, and the step's roofline
+    (its conv/linear FLOPs, direct-convolution count, at the measured sgemm speed ``peak``)."""
+    sync = run.be.synchronize
+    out = _network_figures(run.batch, f_ts, s_ts)
+    out["step_page_faults"] = page_faults_per_step(ostep, sync)
+    step_gflop = sum(r["fwd_gflop"] + r["bwd_gflop"] for r in layers)
+    out["step_gflop"] = step_gflop
+    out["step_roofline_ms"] = 1e3 * step_gflop / peak if peak else None
+    out["step_pct_roofline"] = 100.0 * out["step_roofline_ms"] / out["step_ms"] if peak and out["step_ms"] > 0 else None
+    out.update(step_memory(ostep, sync, _kernels.optional(run.be.kernels, "clear_workspaces")))
+    return out
+
+
+def _time_network(run, layers, peak):
+    """Whole-network forward and training-step timings (alternating with the twin's when there is one).
+
+    Returns
+    -------
+    dict with ``network`` (ours) and, with a twin, ``torch`` (its figures and device) and ``speedup``
+    (torch time / ours for the forward pass and the step; our memory added / torch's)
+    """
+    sync, twin, progress = run.be.synchronize, run.twin, run.progress
+    progress("whole network: forward (inference)" + (", alternating with PyTorch" if twin else ""))
+    ofwd, ostep = our_network_runs(run.net, run.x, run.labels)
+    fns, syncs = [ofwd], [sync]
+    if twin:
+        tfwd, tstep = torch_network_runs(twin.mods, run.x_host, run.labels_host, twin.device)
+        fns, syncs = [ofwd, tfwd], [sync, twin.sync]
+    f_ts = time_interleaved(fns, run.repeats, syncs)
+    progress("whole network: training step (forward + backward + SGD)")
+    s_ts = time_interleaved([ostep, tstep] if twin else [ostep], run.repeats, syncs)
+    progress("whole network: memory and page faults of a training step")
+    res = {"network": _our_network_figures(run, f_ts[0], s_ts[0], ostep, layers, peak)}
+    if twin:
+        res["torch"] = dict(device=twin.device, **_network_figures(run.batch, f_ts[1], s_ts[1]))
+        res["torch"]["step_page_faults"] = page_faults_per_step(tstep, twin.sync)
+        res["torch"].update(step_memory(tstep, twin.sync))
+        ours, tn = res["network"], res["torch"]
+        res["speedup"] = dict(fwd=tn["fwd_ms"] / ours["fwd_ms"], step=tn["step_ms"] / ours["step_ms"],
+                              step_rss_added=(ours["step_rss_added_mb"] / tn["step_rss_added_mb"]
+                                              if tn["step_rss_added_mb"] > 0 else None))
+    return res
+
+
 def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, threads=None, compare=None,
               num_classes=None, seed=0, sgemm_sizes=SGEMM_SIZES, progress=lambda s: None, widths=None, fc=None):
     """Run the whole benchmark and return every figure as a JSON-serializable dict.
@@ -534,99 +691,20 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
                           fc=None if fc is None else int(fc))}
     if threads is not None:
         res["threads_set"] = set_threads(threads)
-
-    cfg = {"arch": model, "input_size": int(size)}
-    if num_classes is not None:
-        cfg["num_classes"] = int(num_classes)
-    if widths is not None:
-        cfg["widths"] = [int(v) for v in widths]
-    if fc is not None:
-        cfg["fc"] = int(fc)
-    net = build_model(cfg, backend=be, seed=seed)
-    c = net.config.get("in_channels", 3)
-    k = net.config["num_classes"]
-    rng = np.random.default_rng(seed)
-    x_host = rng.standard_normal((batch, c, size, size)).astype(np.float32)
-    labels_host = rng.integers(0, k, batch)
-    x = be.to_device(x_host)
-    labels = be.to_device(labels_host)
-    progress("JIT: compiling or loading the kernels")
-    res["jit_s"] = warm_up_kernels(be)
-    progress(f"sgemm: square float32 products {', '.join(map(str, sgemm_sizes))}")
-    res["sgemm_gflops"] = sgemm_gflops(be.xp, sizes=sgemm_sizes, sync=be.synchronize)
-    res["threads"] = thread_info()
-    res["blas"] = blas_kernel_check()
-    if res["blas"]["warning"]:
-        progress("WARNING: " + res["blas"]["warning"])
-
-    sync = be.synchronize
-    twin = None
+    net = build_model(_model_config(model, size, num_classes, widths, fc), backend=be, seed=seed)
+    x_host, labels_host = _bench_inputs(net, batch, size, seed)
+    run = _BenchRun(net, be, x_host, labels_host, repeats, progress, twin=None)
+    res.update(_machine_figures(be, sgemm_sizes, progress))
     if torch is not None:
-        device = "cuda" if be.name == "cupy" and torch.cuda.is_available() else "cpu"
-        tsync = _torch_sync(torch, device)
-        twin = torch_twin(net, device)
+        run.twin = _Twin(torch, net, be)
         progress("PyTorch: agreement (eval mode, dropout off)")
-        res["agreement"] = check_agreement(net, twin, x_host, labels_host, device)
-
-    label = f"{model} {size}x{size}, batch {batch}, backend {be.name}" + (" vs PyTorch (alternating runs)"
-                                                                          if twin else "")
-    progress(f"per layer: {label}")
-    layers = our_layer_runs(net, x)
-    truns = torch_layer_runs(twin, x_host, bool(getattr(net.layers[0], "need_dx", False)), device) if twin else None
-    peak = res["sgemm_gflops"]
-    for i, r in enumerate(layers):
-        fns, syncs = [r.pop("fwd"), r.pop("bwd")], [sync, sync]
-        if truns:
-            tf, tb = truns[i]
-            fns += [tf] + ([tb] if tb else [])
-            syncs += [tsync] * (2 if tb else 1)
-        ts = time_interleaved(fns, repeats, syncs)
-        r["fwd_ms"], r["bwd_ms"] = _median_ms(ts[0]), _median_ms(ts[1])
-        if truns:
-            r["torch_fwd_ms"] = _median_ms(ts[2])
-            r["torch_bwd_ms"] = _median_ms(ts[3]) if len(ts) > 3 else 0.0
-            r["fwd_speedup"] = r["torch_fwd_ms"] / r["fwd_ms"] if r["fwd_ms"] > 0 else None
-            r["bwd_speedup"] = (r["torch_bwd_ms"] / r["bwd_ms"] if r["bwd_ms"] > 0 and r["torch_bwd_ms"] > 0
-                                else None)
-        r["in_shape"], r["out_shape"] = list(r["in_shape"]), list(r["out_shape"])
-        r["fwd_gflops"] = r["fwd_gflop"] / (r["fwd_ms"] / 1e3) if r["fwd_gflop"] and r["fwd_ms"] > 0 else None
-        r["bwd_gflops"] = r["bwd_gflop"] / (r["bwd_ms"] / 1e3) if r["bwd_gflop"] and r["bwd_ms"] > 0 else None
-        r["fwd_pct_sgemm"] = 100.0 * r["fwd_gflops"] / peak if r["fwd_gflops"] and peak else None
-        r["bwd_pct_sgemm"] = 100.0 * r["bwd_gflops"] / peak if r["bwd_gflops"] and peak else None
-        extra = f"   torch fwd {r['torch_fwd_ms']:8.2f} bwd {r['torch_bwd_ms']:8.2f}" if truns else ""
-        progress(f"  {r['name']:<8} fwd {r['fwd_ms']:8.2f} ms  bwd {r['bwd_ms']:8.2f} ms{extra}")
-    del truns
-    net.zero_grads()
-    res["layers"] = layers
-    res["gflop_per_image_fwd"] = sum(r["fwd_gflop"] for r in layers) / batch
-
-    progress("whole network: forward (inference)" + (", alternating with PyTorch" if twin else ""))
-    ofwd, ostep = our_network_runs(net, x, labels)
-    fns, syncs = [ofwd], [sync]
-    if twin:
-        tfwd, tstep = torch_network_runs(twin, x_host, labels_host, device)
-        fns, syncs = [ofwd, tfwd], [sync, tsync]
-    f_ts = time_interleaved(fns, repeats, syncs)
-    progress("whole network: training step (forward + backward + SGD)")
-    s_ts = time_interleaved([ostep, tstep] if twin else [ostep], repeats, syncs)
-    progress("whole network: memory and page faults of a training step")
-    res["network"] = _network_figures(batch, f_ts[0], s_ts[0])
-    res["network"]["step_page_faults"] = page_faults_per_step(ostep, sync)
-    # roofline: the step's conv/linear FLOPs (direct-convolution count) at the measured sgemm speed
-    step_gflop = sum(r["fwd_gflop"] + r["bwd_gflop"] for r in layers)
-    res["network"]["step_gflop"] = step_gflop
-    res["network"]["step_roofline_ms"] = 1e3 * step_gflop / peak if peak else None
-    res["network"]["step_pct_roofline"] = (100.0 * res["network"]["step_roofline_ms"] / res["network"]["step_ms"]
-                                           if peak and res["network"]["step_ms"] > 0 else None)
-    res["network"].update(step_memory(ostep, sync, _kernels.optional(be.kernels, "clear_workspaces")))
-    if twin:
-        res["torch"] = dict(device=device, **_network_figures(batch, f_ts[1], s_ts[1]))
-        res["torch"]["step_page_faults"] = page_faults_per_step(tstep, tsync)
-        res["torch"].update(step_memory(tstep, tsync))
-        ours, tn = res["network"], res["torch"]
-        res["speedup"] = dict(fwd=tn["fwd_ms"] / ours["fwd_ms"], step=tn["step_ms"] / ours["step_ms"],
-                              step_rss_added=(ours["step_rss_added_mb"] / tn["step_rss_added_mb"]
-                                              if tn["step_rss_added_mb"] > 0 else None))
+        res["agreement"] = check_agreement(net, run.twin.mods, x_host, labels_host, run.twin.device)
+    vs = " vs PyTorch (alternating runs)" if run.twin else ""
+    progress(f"per layer: {model} {size}x{size}, batch {batch}, backend {be.name}{vs}")
+    res["layers"] = _time_layers(run, res["sgemm_gflops"])
+    res["gflop_per_image_fwd"] = sum(r["fwd_gflop"] for r in res["layers"]) / batch
+    res.update(_time_network(run, res["layers"], res["sgemm_gflops"]))
+    if run.twin:
         res["threads"] = thread_info()
     res["versions"] = _versions()
     res["env"] = env
@@ -638,8 +716,8 @@ def _f(v, fmt, width):
     return f"{'-':>{width}}" if v is None else f"{v:{width}{fmt}}"
 
 
-def format_report(res):
-    """Human-readable table of :func:`run_bench` results."""
+def _report_header(res):
+    """The report's first lines: the configuration, threads, sgemm yardstick, JIT cost and BLAS kernel."""
     cfg, th = res["config"], res.get("threads", {})
     cmp_ = "torch" in res
     shape = "".join(f", {key} {cfg[key]}" for key in ("widths", "fc", "num_classes") if cfg.get(key) is not None)
@@ -660,11 +738,16 @@ def format_report(res):
                                          if forced else ""))
         if blas["warning"]:
             lines.append(f"WARNING: {blas['warning']}")
-    lines.append("")
+    return lines
+
+
+def _layer_table(res):
+    """The per-layer table (with PyTorch's columns when compared) and its sum row, as lines."""
+    cmp_ = "torch" in res
     head = f"{'layer':<8} {'kind':<17} {'output':<13} {'fwd ms':>8} {'bwd ms':>8} {'fwd GF/s':>8} {'bwd GF/s':>8} {'%sgemm':>6}"
     if cmp_:
         head += f" {'torch fwd':>9} {'torch bwd':>9} {'fwd x':>6} {'bwd x':>6}"
-    lines += [head, "-" * len(head)]
+    lines = [head, "-" * len(head)]
     tot = dict(f=0.0, b=0.0, tf=0.0, tb=0.0)
     for r in res["layers"]:
         shape = "x".join(str(v) for v in r["out_shape"][1:])
@@ -685,9 +768,15 @@ def format_report(res):
         line += (f" {tot['tf']:9.2f} {tot['tb']:9.2f} {tot['tf'] / max(tot['f'], 1e-9):6.2f}"
                  f" {tot['tb'] / max(tot['b'], 1e-9):6.2f}")
     lines.append(line)
+    return lines
+
+
+def _network_table(res):
+    """The whole-network rows (ours, PyTorch's and their ratio), the roofline line and the agreement."""
+    cmp_ = "torch" in res
     n = res["network"]
-    lines += ["", f"{'network':<10} {'forward img/s':>14} {'train img/s':>12} {'fwd ms':>8} {'step ms':>8} "
-                  f"{'step peak RSS':>14} {'step adds':>10} {'faults/step':>11}"]
+    lines = [f"{'network':<10} {'forward img/s':>14} {'train img/s':>12} {'fwd ms':>8} {'step ms':>8} "
+             f"{'step peak RSS':>14} {'step adds':>10} {'faults/step':>11}"]
     rows = [("zfscratch", n)] + ([("torch", res["torch"])] if cmp_ else [])
     for name, v in rows:
         lines.append(f"{name:<10} {v['fwd_img_s']:14.1f} {v['step_img_s']:12.1f} {v['fwd_ms']:8.1f} {v['step_ms']:8.1f} "
@@ -705,4 +794,9 @@ def format_report(res):
                   f"agreement (eval, dropout off): logits max |diff| {a['logits_max_abs_diff']:.2e} "
                   f"(relative {a['logits_max_rel_diff']:.2e}), loss diff {a['loss_diff']:.2e}, "
                   f"gradients max relative diff {a['grads_max_rel_diff']:.2e} ({a['grads_worst_param']})"]
-    return "\n".join(lines)
+    return lines
+
+
+def format_report(res):
+    """Human-readable table of :func:`run_bench` results: header, per-layer table, whole network."""
+    return "\n".join(_report_header(res) + [""] + _layer_table(res) + [""] + _network_table(res))
