@@ -220,6 +220,89 @@ def measure(net, xs, x0, label, layers, batch=32):
             "base_prob_true": float(S.softmax(base["logits"])[0, label])}
 
 
+def _feature_layers(net, layers):
+    """The two layers compared: ``layers`` resolved, default (layer 1 = the first rectified conv
+    output, the penultimate output)."""
+    if layers is None:
+        first = next(net.layers[i + 1].name for i, l in enumerate(net.layers[:-1])
+                     if l.kind == "Conv2d" and net.layers[i + 1].kind == "ReLU")
+        layers = (first, S.penultimate_output(net))
+    return tuple(S.resolve_layer(net, l) for l in layers)
+
+
+def _sweep_values(sweeps):
+    """{kind: float64 values} for every kind of :data:`KINDS`: the defaults overridden by ``sweeps``,
+    each with its identity value added (the reference every distance is measured from)."""
+    sw = default_sweeps()
+    sw.update({k: np.asarray(v, np.float64) for k, v in (sweeps or {}).items()})
+    return {k: _with_identity(k, sw[k]) for k in KINDS}
+
+
+def _image_counts(src, dataset, n_images, eval_images):
+    """``(n_images, eval_images)`` clamped: at least one curve, the curves among the evaluated
+    images, and no more images than a warped (not re-rendered) dataset holds."""
+    n_images = max(1, int(n_images))
+    eval_images = max(n_images, int(eval_images))
+    if isinstance(src, _WarpSource):
+        eval_images = min(eval_images, len(dataset))
+        n_images = min(n_images, eval_images)
+        if n_images < 1:
+            raise UserError("invariance: the dataset is empty")
+    return n_images, eval_images
+
+
+def _measure_all(net, src, sw, layers, eval_images, batch, progress):
+    """:func:`measure` for every image and kind of transformation.
+
+    Returns
+    -------
+    (res, labels, base_p): ``res[kind]`` holds ``dist`` {layer: (eval_images, V)}, ``prob_true``
+    (eval_images, V) and ``pred`` (eval_images, V) int64, with V = ``len(sw[kind])``; ``labels``
+    (eval_images,) int64 true classes; ``base_p`` (eval_images,) P(true) of the untransformed images.
+    """
+    total = eval_images * sum(len(v) for v in sw.values())
+    bar = S.progress_bar(total, "invariance", progress)
+    res = {k: {"dist": {l: np.zeros((eval_images, len(sw[k]))) for l in layers},
+               "prob_true": np.zeros((eval_images, len(sw[k]))),
+               "pred": np.zeros((eval_images, len(sw[k])), np.int64)} for k in KINDS}
+    labels = np.zeros(eval_images, np.int64)
+    base_p = np.zeros(eval_images)
+    try:
+        for i in range(eval_images):
+            labels[i] = src.label(i)
+            for k in KINDS:
+                vals = sw[k]
+                ident = next(j for j, v in enumerate(vals) if is_identity(k, v))
+                xs = src.batch(i, k, vals)
+                # the original is the sweep's own identity image (same rendering path as the others)
+                m = measure(net, xs, xs[ident], int(labels[i]), layers, batch)
+                for l in layers:
+                    res[k]["dist"][l][i] = m["dist"][l]
+                res[k]["prob_true"][i] = m["prob_true"]
+                res[k]["pred"][i] = m["pred"]
+                base_p[i] = m["base_prob_true"]
+                bar.update(len(vals))
+    finally:
+        bar.close()
+    return res, labels, base_p
+
+
+def _curves_and_summary(res, labels, layers, n_images):
+    """``(curves, summary)`` per kind: the first ``n_images`` images' curves (distances per layer,
+    P(true)), and the per-value means over all evaluated images (P(true), accuracy, distances)."""
+    curves, summary = {}, {}
+    for k in KINDS:
+        c = {f"dist_{l}": res[k]["dist"][l][:n_images] for l in layers}
+        c["prob_true"] = res[k]["prob_true"][:n_images]
+        curves[k] = c
+        correct = res[k]["pred"] == labels[:, None]
+        s = {"mean_prob_true": res[k]["prob_true"].mean(0), "accuracy": correct.mean(0)}
+        for l in layers:
+            s[f"mean_dist_{l}"] = res[k]["dist"][l].mean(0)
+        summary[k] = s
+    return curves, summary
+
+
 def invariance(net, meta, dataset, out_dir, n_images=5, eval_images=40, sweeps=None, layers=None,
                batch=32, seed=0, progress=True, name="invariance"):
     """Invariance experiment (Python API of ``zfscratch invariance``).
@@ -245,61 +328,18 @@ def invariance(net, meta, dataset, out_dir, n_images=5, eval_images=40, sweeps=N
     """
     pre = S.get_preprocess(meta)
     names = S.class_names(meta, S.num_classes(net))
-    if layers is None:
-        first = next(net.layers[i + 1].name for i, l in enumerate(net.layers[:-1])
-                     if l.kind == "Conv2d" and net.layers[i + 1].kind == "ReLU")
-        layers = (first, S.penultimate_output(net))
-    layers = tuple(S.resolve_layer(net, l) for l in layers)
-    sw = default_sweeps()
-    sw.update({k: np.asarray(v, np.float64) for k, v in (sweeps or {}).items()})
-    sw = {k: _with_identity(k, sw[k]) for k in KINDS}
-    n_images = max(1, int(n_images))
-    eval_images = max(n_images, int(eval_images))
+    layers = _feature_layers(net, layers)
+    sw = _sweep_values(sweeps)
     src = _source(dataset, pre, seed)
-    if isinstance(src, _WarpSource):
-        eval_images = min(eval_images, len(dataset))
-        n_images = min(n_images, eval_images)
-        if n_images < 1:
-            raise UserError("invariance: the dataset is empty")
-    total = eval_images * sum(len(v) for v in sw.values())
-    bar = S.progress_bar(total, "invariance", progress)
-    res = {k: {"dist": {l: np.zeros((eval_images, len(sw[k]))) for l in layers},
-               "prob_true": np.zeros((eval_images, len(sw[k]))),
-               "pred": np.zeros((eval_images, len(sw[k])), np.int64)} for k in KINDS}
-    labels = np.zeros(eval_images, np.int64)
-    base_p = np.zeros(eval_images)
-    try:
-        for i in range(eval_images):
-            labels[i] = src.label(i)
-            for k in KINDS:
-                vals = sw[k]
-                ident = next(j for j, v in enumerate(vals) if is_identity(k, v))
-                xs = src.batch(i, k, vals)
-                m = measure(net, xs, xs[ident], int(labels[i]), layers, batch)
-                for l in layers:
-                    res[k]["dist"][l][i] = m["dist"][l]
-                res[k]["prob_true"][i] = m["prob_true"]
-                res[k]["pred"][i] = m["pred"]
-                base_p[i] = m["base_prob_true"]
-                bar.update(len(vals))
-    finally:
-        bar.close()
-
+    n_images, eval_images = _image_counts(src, dataset, n_images, eval_images)
+    res, labels, base_p = _measure_all(net, src, sw, layers, eval_images, batch, progress)
+    curves, summary = _curves_and_summary(res, labels, layers, n_images)
     out = {"experiment": "invariance", "layers": list(layers), "n_images": n_images,
            "eval_images": eval_images, "source": src.describe(),
            "distance": "||f(Tx) - f(x)|| / ||f(x)|| (Euclidean, normalized by the original's norm)",
            "images": [{"index": i, "label": int(labels[i]), "label_name": names[labels[i]],
                        "base_prob_true": base_p[i]} for i in range(n_images)],
-           "values": {k: sw[k] for k in KINDS}, "curves": {}, "summary": {}}
-    for k in KINDS:
-        c = {f"dist_{l}": res[k]["dist"][l][:n_images] for l in layers}
-        c["prob_true"] = res[k]["prob_true"][:n_images]
-        out["curves"][k] = c
-        correct = res[k]["pred"] == labels[:, None]
-        s = {"mean_prob_true": res[k]["prob_true"].mean(0), "accuracy": correct.mean(0)}
-        for l in layers:
-            s[f"mean_dist_{l}"] = res[k]["dist"][l].mean(0)
-        out["summary"][k] = s
+           "values": {k: sw[k] for k in KINDS}, "curves": curves, "summary": summary}
     out["rotation"] = _rotation_summary(sw["rotation"], out["summary"]["rotation"], src.max_angle)
     os.makedirs(out_dir, exist_ok=True)
     fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
