@@ -67,6 +67,57 @@ def strongest_units(net, source, layer_names, maps, indices, batch=64):
     return out, st
 
 
+def _image_set(meta, dataset, preprocess, images):
+    """The fixed image set: ``(source, indices)`` -- an :class:`ImageSource` over ``dataset`` (default:
+    the run's validation split, from ``meta``) and its first ``images`` indices (int array)."""
+    if dataset is None:
+        dataset = dataset_from_meta(meta, split="val")
+    if preprocess is None and (hasattr(dataset, "get_batch") or np.asarray(dataset).dtype == np.uint8):
+        from zfscratch.preprocess import Preprocess
+        preprocess = Preprocess.from_meta(meta)
+    source = ImageSource(dataset, preprocess)
+    n = min(int(images), len(source))
+    if n <= 0:
+        raise UserError("no images for the evolution figure (empty dataset or --images 0)")
+    return source, np.arange(n)
+
+
+def _choose_maps(net, source, names, maps, maps_per_layer, indices, batch):
+    """``(names, maps)``: the rows' layers and {layer: [map indices]} -- given, or the
+    ``maps_per_layer`` maps with the strongest activation of ``net`` (the last snapshot) over
+    ``indices``, so that the rows show features the trained net uses."""
+    st_last = topk_search(net, source, names, k=1, batch=batch, indices=indices, progress=False)
+    if maps is None:
+        maps = {nm: st_last.strongest_maps(nm, int(maps_per_layer)) for nm in names}
+    else:
+        maps = {deconv.layer_name(net, k): [int(m) for m in v] for k, v in dict(maps).items()}
+        names = [nm for nm in names if nm in maps]
+    return names, maps
+
+
+def _epoch_tiles(net, source, names, maps, indices, batch):
+    """One snapshot's column: per shown map, the DeconvNet projection of its strongest activation
+    over ``indices``, cropped to the unit's receptive field.
+
+    Returns
+    -------
+    list of ``((layer, map), tile (C, p, p), value, image index)`` in row order.
+    """
+    best, _ = strongest_units(net, source, names, maps, indices, batch=batch)
+    column = []
+    for nm in names:
+        units = best[nm]
+        # each image loaded and projected once, however many of the layer's maps it wins
+        uniq, local = np.unique([u[0] for u in units], return_inverse=True)
+        x, _ = source.load(uniq)
+        lu = np.array([(local[j], u[1], u[2], u[3]) for j, u in enumerate(units)], np.int64)
+        proj, _ = deconv.project_activation(net, x, nm, lu, batch=batch)
+        for j, u in enumerate(units):
+            box = deconv.patch_box(net, nm, u[2], u[3], image_size=x.shape[2:])
+            column.append(((nm, u[1]), crop(proj[j], box), u[4], u[0]))
+    return column
+
+
 def run_evolution(run_dir, dataset=None, out=None, layers="1-5", maps_per_layer=2, maps=None, images=256,
                   max_epochs=8, backend=None, batch=64, scope="image", preprocess=None, progress=True):
     """Fig 4 from a run directory.
@@ -92,24 +143,10 @@ def run_evolution(run_dir, dataset=None, out=None, layers="1-5", maps_per_layer=
     shown = pick_epochs([e for e, _ in snaps], max_epochs)
     paths = dict(snaps)
     last_net, last_meta = load_weights(paths[shown[-1]], backend=backend)
-    if dataset is None:
-        dataset = dataset_from_meta(last_meta, split="val")
-    if preprocess is None and (hasattr(dataset, "get_batch") or np.asarray(dataset).dtype == np.uint8):
-        from zfscratch.preprocess import Preprocess
-        preprocess = Preprocess.from_meta(last_meta)
-    source = ImageSource(dataset, preprocess)
-    n = min(int(images), len(source))
-    if n <= 0:
-        raise UserError("no images for the evolution figure (empty dataset or --images 0)")
-    indices = np.arange(n)
+    source, indices = _image_set(last_meta, dataset, preprocess, images)
+    n = indices.size
     names = deconv.parse_layers(last_net, layers)
-    # maps: strongest on the last snapshot
-    st_last = topk_search(last_net, source, names, k=1, batch=batch, indices=indices, progress=False)
-    if maps is None:
-        maps = {nm: st_last.strongest_maps(nm, int(maps_per_layer)) for nm in names}
-    else:
-        maps = {deconv.layer_name(last_net, k): [int(m) for m in v] for k, v in dict(maps).items()}
-        names = [nm for nm in names if nm in maps]
+    names, maps = _choose_maps(last_net, source, names, maps, maps_per_layer, indices, batch)
     rows = [(nm, m) for nm in names for m in maps[nm]]
     tiles = {r: [] for r in rows}
     values = {r: [] for r in rows}
@@ -118,18 +155,10 @@ def run_evolution(run_dir, dataset=None, out=None, layers="1-5", maps_per_layer=
     bar = progress_bar(len(shown), "evolution", progress, unit="epoch")
     for ep in shown:
         net = last_net if ep == shown[-1] else load_weights(paths[ep], backend=backend)[0]
-        best, _ = strongest_units(net, source, names, maps, indices, batch=batch)
-        for nm in names:
-            units = best[nm]
-            uniq, local = np.unique([u[0] for u in units], return_inverse=True)
-            x, _ = source.load(uniq)
-            lu = np.array([(local[j], u[1], u[2], u[3]) for j, u in enumerate(units)], np.int64)
-            proj, _ = deconv.project_activation(net, x, nm, lu, batch=batch)
-            for j, u in enumerate(units):
-                box = deconv.patch_box(net, nm, u[2], u[3], image_size=x.shape[2:])
-                tiles[(nm, u[1])].append(crop(proj[j], box))
-                values[(nm, u[1])].append(u[4])
-                imgs[(nm, u[1])].append(u[0])
+        for r, tile, value, image in _epoch_tiles(net, source, names, maps, indices, batch):
+            tiles[r].append(tile)
+            values[r].append(value)
+            imgs[r].append(image)
         bar.update(1)
     bar.close()
     out = out or os.path.join(os.fspath(run_dir), "evolution.png")
