@@ -8,6 +8,8 @@ inputs are shuffled distinct values spaced well above ``h``. The reported error 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from zfscratch.backend import get_backend
@@ -117,122 +119,147 @@ def _small_net(backend, rng):
     return Sequential(layers, backend=backend)
 
 
+# ---------------------------------------------------------------- the cases, one function per layer family
+# Each takes the backend and the seed first (bound by :func:`cases`), draws everything from a fresh
+# ``default_rng(seed)`` and returns check_function's dict name -> relative error.
+
+def _dev(be, a):
+    """Host array -> float64 array on ``be``'s device."""
+    return be.to_device(a, np.float64)
+
+
+def _conv_case(be, seed, k, s, p, cin=3, cout=4, hw=(7, 8)):
+    """``Conv2d(cin, cout, k, stride=s, pad=p)`` on a (2, cin, *hw) input, with a random bias."""
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(cin, cout, k, stride=s, pad=p, rng=rng, init_std=0.5, dtype=np.float64, name="conv")
+    layer.set_backend(be)
+    layer.params["b"][...] = _dev(be, rng.standard_normal(cout))
+    return check_layer(layer, _dev(be, rng.standard_normal((2, cin) + hw)), rng)
+
+
+def _grouped_conv_case(be, seed):
+    """A 3x3 ``Conv2d`` with 2 groups (4 -> 6 channels) on a (2, 4, 5, 5) input."""
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(4, 6, 3, stride=1, pad=1, groups=2, rng=rng, init_std=0.5, dtype=np.float64, name="gconv")
+    layer.set_backend(be)
+    return check_layer(layer, _dev(be, rng.standard_normal((2, 4, 5, 5))), rng)
+
+
+def _relu_case(be, seed):
+    """``ReLU`` on (2, 3, 5, 5) inputs at least 0.1 from its kink."""
+    rng = np.random.default_rng(seed)
+    return check_layer(ReLU().set_backend(be), _dev(be, _away_from_zero(rng, (2, 3, 5, 5))), rng)
+
+
+def _pool_case(be, seed, k, s, ceil, hw):
+    """``MaxPool2d(k, s, ceil)`` on a (2, 3, *hw) input of distinct values (no tie can flip)."""
+    rng = np.random.default_rng(seed)
+    return check_layer(MaxPool2d(k, s, ceil).set_backend(be), _dev(be, _distinct(rng, (2, 3) + hw)), rng)
+
+
+def _lrn_case(be, seed, size, alpha, beta, k):
+    """``LocalResponseNorm(size, alpha, beta, k)`` on a (2, 7, 4, 3) input."""
+    rng = np.random.default_rng(seed)
+    layer = LocalResponseNorm(size, alpha, beta, k).set_backend(be)
+    return check_layer(layer, _dev(be, rng.standard_normal((2, 7, 4, 3))), rng)
+
+
+def _lcn_case(be, seed, size, sigma, floor, shape):
+    """``LocalContrastNorm(size, sigma, floor)`` on an input of ``shape`` (N, C, H, W)."""
+    # Random normal inputs keep every sig[i, j] and mean sig well away (>> the 1e-6 step) from the
+    # max(c, sig) and max(mean, floor) kinks, so central differences see one smooth branch.
+    rng = np.random.default_rng(seed)
+    layer = LocalContrastNorm(size, sigma, floor).set_backend(be)
+    return check_layer(layer, _dev(be, rng.standard_normal(shape)), rng)
+
+
+def _linear_case(be, seed):
+    """``Linear(7, 5)`` on a (3, 7) input."""
+    rng = np.random.default_rng(seed)
+    layer = Linear(7, 5, rng=rng, init_std=0.5, dtype=np.float64).set_backend(be)
+    return check_layer(layer, _dev(be, rng.standard_normal((3, 7))), rng)
+
+
+def _flatten_case(be, seed):
+    """``Flatten`` of a (2, 3, 4, 5) input."""
+    rng = np.random.default_rng(seed)
+    return check_layer(Flatten().set_backend(be), _dev(be, rng.standard_normal((2, 3, 4, 5))), rng)
+
+
+def _dropout_case(be, seed):
+    """``Dropout(0.5)`` in training mode on a (4, 9) input (the mask replayed for every evaluation)."""
+    rng = np.random.default_rng(seed)
+    return check_layer(Dropout(0.5, seed=1).set_backend(be), _dev(be, rng.standard_normal((4, 9))), rng)
+
+
+def _softmax_case(be, seed):
+    """``SoftmaxCrossEntropy`` of (4, 5) logits against 4 labels; the input gradient only."""
+    rng = np.random.default_rng(seed)
+    loss = SoftmaxCrossEntropy(be)
+    labels = rng.integers(0, 5, size=4)
+    logits = _dev(be, rng.standard_normal((4, 5)) * 2)
+
+    def fwd(z):  # scalar loss broadcast to a (1,) array so check_function's projection applies
+        return be.xp.asarray([loss.forward(z, labels)], dtype=np.float64)
+
+    def bwd(r):
+        return loss.backward() * float(be.to_host(r)[0]), {}
+    return check_function(fwd, bwd, logits, {}, rng)
+
+
+def _net_case(be, seed):
+    """The loss of :func:`_small_net` on a (3, 3, 6, 6) batch: the input and every parameter."""
+    rng = np.random.default_rng(seed)
+    model = _small_net(be, rng)
+    loss = SoftmaxCrossEntropy(be)
+    x = _dev(be, _away_from_zero(rng, (3, 3, 6, 6)))
+    labels = rng.integers(0, 4, size=3)
+    params = {k: v for k, v in model.params()}
+    drops = model.dropout_layers()
+    states = [d.rng.bit_generator.state for d in drops]
+
+    def reset():  # the same dropout masks for every evaluation of the loss
+        for d, s in zip(drops, states):
+            d.rng.bit_generator.state = s
+
+    def fwd(v):
+        return be.xp.asarray([loss.forward(model.forward(v, train=True), labels)], dtype=np.float64)
+
+    def bwd(r):
+        model.zero_grads()
+        model.layers[0].need_dx = True
+        dx = model.backward(loss.backward() * float(be.to_host(r)[0]))
+        return dx, dict(zip(params, model.grads()))
+    return check_function(fwd, bwd, x, params, rng, reset=reset, max_checks=25)
+
+
 def cases(backend="numpy", seed=0):
     """``[(name, thunk)]``: every gradient check; each thunk returns dict name -> relative error."""
     be = get_backend(backend)
-    dev = lambda a: be.to_device(a, np.float64)
 
-    def conv(k, s, p, cin=3, cout=4, hw=(7, 8)):
-        def run():
-            rng = np.random.default_rng(seed)
-            layer = Conv2d(cin, cout, k, stride=s, pad=p, rng=rng, init_std=0.5, dtype=np.float64, name="conv")
-            layer.set_backend(be)
-            layer.params["b"][...] = dev(rng.standard_normal(cout))
-            return check_layer(layer, dev(rng.standard_normal((2, cin) + hw)), rng)
-        return run
-
-    def grouped():
-        rng = np.random.default_rng(seed)
-        layer = Conv2d(4, 6, 3, stride=1, pad=1, groups=2, rng=rng, init_std=0.5, dtype=np.float64, name="gconv")
-        layer.set_backend(be)
-        return check_layer(layer, dev(rng.standard_normal((2, 4, 5, 5))), rng)
-
-    def relu():
-        rng = np.random.default_rng(seed)
-        return check_layer(ReLU().set_backend(be), dev(_away_from_zero(rng, (2, 3, 5, 5))), rng)
-
-    def pool(k, s, ceil, hw):
-        def run():
-            rng = np.random.default_rng(seed)
-            return check_layer(MaxPool2d(k, s, ceil).set_backend(be), dev(_distinct(rng, (2, 3) + hw)), rng)
-        return run
-
-    def lrn(size, alpha, beta, k):
-        def run():
-            rng = np.random.default_rng(seed)
-            layer = LocalResponseNorm(size, alpha, beta, k).set_backend(be)
-            return check_layer(layer, dev(rng.standard_normal((2, 7, 4, 3))), rng)
-        return run
-
-    def lcn(size, sigma, floor, shape):
-        # Random normal inputs keep every sig[i, j] and mean sig well away (>> the 1e-6 step) from the
-        # max(c, sig) and max(mean, floor) kinks, so central differences see one smooth branch.
-        def run():
-            rng = np.random.default_rng(seed)
-            layer = LocalContrastNorm(size, sigma, floor).set_backend(be)
-            return check_layer(layer, dev(rng.standard_normal(shape)), rng)
-        return run
-
-    def linear():
-        rng = np.random.default_rng(seed)
-        layer = Linear(7, 5, rng=rng, init_std=0.5, dtype=np.float64).set_backend(be)
-        return check_layer(layer, dev(rng.standard_normal((3, 7))), rng)
-
-    def flatten():
-        rng = np.random.default_rng(seed)
-        return check_layer(Flatten().set_backend(be), dev(rng.standard_normal((2, 3, 4, 5))), rng)
-
-    def dropout():
-        rng = np.random.default_rng(seed)
-        return check_layer(Dropout(0.5, seed=1).set_backend(be), dev(rng.standard_normal((4, 9))), rng)
-
-    def softmax():
-        rng = np.random.default_rng(seed)
-        loss = SoftmaxCrossEntropy(be)
-        labels = rng.integers(0, 5, size=4)
-        logits = dev(rng.standard_normal((4, 5)) * 2)
-
-        def fwd(z):  # scalar loss broadcast to a (1,) array so check_function's projection applies
-            return be.xp.asarray([loss.forward(z, labels)], dtype=np.float64)
-
-        def bwd(r):
-            return loss.backward() * float(be.to_host(r)[0]), {}
-        return check_function(fwd, bwd, logits, {}, rng)
-
-    def net():
-        rng = np.random.default_rng(seed)
-        model = _small_net(be, rng)
-        loss = SoftmaxCrossEntropy(be)
-        x = dev(_away_from_zero(rng, (3, 3, 6, 6)))
-        labels = rng.integers(0, 4, size=3)
-        params = {k: v for k, v in model.params()}
-        drops = model.dropout_layers()
-        states = [d.rng.bit_generator.state for d in drops]
-
-        def reset():
-            for d, s in zip(drops, states):
-                d.rng.bit_generator.state = s
-
-        def fwd(v):
-            return be.xp.asarray([loss.forward(model.forward(v, train=True), labels)], dtype=np.float64)
-
-        def bwd(r):
-            model.zero_grads()
-            model.layers[0].need_dx = True
-            dx = model.backward(loss.backward() * float(be.to_host(r)[0]))
-            return dx, dict(zip(params, model.grads()))
-        return check_function(fwd, bwd, x, params, rng, reset=reset, max_checks=25)
+    def case(fn, *args, **kw):
+        return functools.partial(fn, be, seed, *args, **kw)
 
     return [
-        ("Conv2d 3x3 s1 p1", conv(3, 1, 1)),
-        ("Conv2d 3x3 s2 p0", conv(3, 2, 0)),
-        ("Conv2d 5x5 s2 p2", conv(5, 2, 2, hw=(9, 10))),
-        ("Conv2d 7x7 s2 p1", conv(7, 2, 1, cin=2, hw=(11, 11))),
-        ("Conv2d 3x3 groups=2", grouped),
-        ("ReLU", relu),
-        ("MaxPool2d 3 s2 ceil", pool(3, 2, True, (8, 7))),
-        ("MaxPool2d 2 s2 floor", pool(2, 2, False, (7, 6))),
-        ("LocalResponseNorm 5 (ZFNet)", lrn(5, 1e-4, 0.75, 2.0)),
-        ("LocalResponseNorm 3 large alpha", lrn(3, 2.0, 0.75, 1.0)),
-        ("LocalResponseNorm 4 even size", lrn(4, 1.5, 0.6, 1.0)),
-        ("LocalContrastNorm 3 (sig and mean switches)", lcn(3, 1.0, 1e-4, (2, 5, 6, 7))),
-        ("LocalContrastNorm 5 wide Gaussian", lcn(5, 2.0, 1e-4, (2, 3, 7, 8))),
-        ("LocalContrastNorm floor-bound divisor", lcn(3, 1.0, 10.0, (2, 4, 5, 5))),
-        ("Linear", linear),
-        ("Flatten", flatten),
-        ("Dropout (train)", dropout),
-        ("SoftmaxCrossEntropy", softmax),
-        ("Net conv-relu-pool-lcn-fc-softmax", net),
+        ("Conv2d 3x3 s1 p1", case(_conv_case, 3, 1, 1)),
+        ("Conv2d 3x3 s2 p0", case(_conv_case, 3, 2, 0)),
+        ("Conv2d 5x5 s2 p2", case(_conv_case, 5, 2, 2, hw=(9, 10))),
+        ("Conv2d 7x7 s2 p1", case(_conv_case, 7, 2, 1, cin=2, hw=(11, 11))),
+        ("Conv2d 3x3 groups=2", case(_grouped_conv_case)),
+        ("ReLU", case(_relu_case)),
+        ("MaxPool2d 3 s2 ceil", case(_pool_case, 3, 2, True, (8, 7))),
+        ("MaxPool2d 2 s2 floor", case(_pool_case, 2, 2, False, (7, 6))),
+        ("LocalResponseNorm 5 (ZFNet)", case(_lrn_case, 5, 1e-4, 0.75, 2.0)),
+        ("LocalResponseNorm 3 large alpha", case(_lrn_case, 3, 2.0, 0.75, 1.0)),
+        ("LocalResponseNorm 4 even size", case(_lrn_case, 4, 1.5, 0.6, 1.0)),
+        ("LocalContrastNorm 3 (sig and mean switches)", case(_lcn_case, 3, 1.0, 1e-4, (2, 5, 6, 7))),
+        ("LocalContrastNorm 5 wide Gaussian", case(_lcn_case, 5, 2.0, 1e-4, (2, 3, 7, 8))),
+        ("LocalContrastNorm floor-bound divisor", case(_lcn_case, 3, 1.0, 10.0, (2, 4, 5, 5))),
+        ("Linear", case(_linear_case)),
+        ("Flatten", case(_flatten_case)),
+        ("Dropout (train)", case(_dropout_case)),
+        ("SoftmaxCrossEntropy", case(_softmax_case)),
+        ("Net conv-relu-pool-lcn-fc-softmax", case(_net_case)),
     ]
 
 
