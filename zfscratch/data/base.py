@@ -1,13 +1,7 @@
-"""The common dataset interface and small helpers shared by the loaders.
+"""The common dataset interface (:class:`DatasetBase`) and small helpers shared by the loaders.
 
-Every dataset (synthetic, IDX, CIFAR, image folder) offers:
-
-- ``classes``: list of class names (label ``i`` is ``classes[i]``), ``num_classes``;
-- ``len(ds)``; ``ds.labels``: all labels, ``(N,) int64``;
-- ``image_shape``: ``(H, W, 3)`` -- every dataset yields RGB uint8 images of one size;
-- ``get_batch(indices) -> (images (B, H, W, 3) uint8, labels (B,) int64)``;
-- ``describe()``: a JSON-able dict saying where the data came from;
-- ``name``: "synthetic", "idx", "cifar" or "folder".
+Every dataset (synthetic, IDX, CIFAR, image folder, and a :class:`Subset` of any of them) derives
+from :class:`DatasetBase`, whose docstring says what a dataset provides.
 """
 from __future__ import annotations
 
@@ -15,7 +9,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["ArrayDataset", "Subset", "holdout_split", "check_labels"]
+__all__ = ["DatasetBase", "ArrayDataset", "Subset", "holdout_split", "check_labels"]
 
 
 def check_labels(labels, num_classes, source):
@@ -30,7 +24,40 @@ def check_labels(labels, num_classes, source):
                         f"({num_classes} classes)")
 
 
-class ArrayDataset:
+class DatasetBase:
+    """What every dataset provides (the iterator, training, the experiments and the report use only this).
+
+    Set by each dataset:
+
+    - ``classes``: list of class names; label ``i`` is ``classes[i]``;
+    - ``name``: "synthetic", "idx", "cifar", "folder", ... (the kind in :meth:`describe`);
+    - ``len(ds)``: the number of samples ``N``;
+    - ``get_batch(indices) -> (images, labels)``: ``indices`` any integer array-like of length ``B``;
+      ``images`` ``(B, H, W, 3)`` uint8 RGB (every dataset yields images of one size), ``labels``
+      ``(B,)`` int64 in ``0 .. num_classes - 1``;
+    - ``describe()``: a JSON-able dict saying where the data came from.
+
+    Shared here (a dataset overrides what it stores differently):
+
+    - ``num_classes``: ``len(classes)``;
+    - ``labels``: all labels, ``(N,) int64`` (here: the ``_labels`` array the dataset holds);
+    - ``image_shape``: ``(H, W, 3)`` (here: square images of side ``size``).
+    """
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    @property
+    def labels(self):
+        return self._labels
+
+    @property
+    def image_shape(self):
+        return (self.size, self.size, 3)
+
+
+class ArrayDataset(DatasetBase):
     """Images held in memory as one uint8 array (``(N, H, W, 3)``, or ``(N, H, W, 1)`` grey,
     expanded to RGB per batch)."""
 
@@ -52,14 +79,6 @@ class ArrayDataset:
         return self._images.shape[0]
 
     @property
-    def labels(self):
-        return self._labels
-
-    @property
-    def num_classes(self):
-        return len(self.classes)
-
-    @property
     def image_shape(self):
         return (self._images.shape[1], self._images.shape[2], 3)
 
@@ -79,7 +98,7 @@ class ArrayDataset:
                 "image_shape": list(self.image_shape)}
 
 
-class Subset:
+class Subset(DatasetBase):
     """A view of ``dataset`` restricted to ``indices`` (same interface)."""
 
     def __init__(self, dataset, indices):
@@ -94,10 +113,6 @@ class Subset:
     @property
     def labels(self):
         return np.asarray(self.dataset.labels)[self.indices]
-
-    @property
-    def num_classes(self):
-        return len(self.classes)
 
     @property
     def image_shape(self):

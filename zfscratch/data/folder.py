@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import UserError
+from .base import DatasetBase
 from .transforms import resize_center_crop
 
 __all__ = ["FolderDataset", "load_rgb", "to_rgb", "folder_splits", "class_names", "IMAGE_EXTENSIONS",
@@ -242,7 +243,7 @@ def _list_images(folder):
     return files
 
 
-class FolderDataset:
+class FolderDataset(DatasetBase):
     """Images of ``root/<class>/...`` (see the module docstring).
 
     Parameters
@@ -346,18 +347,6 @@ class FolderDataset:
     # -- common interface ----------------------------------------------------------------------
     def __len__(self):
         return len(self.files)
-
-    @property
-    def labels(self):
-        return self._labels
-
-    @property
-    def num_classes(self):
-        return len(self.classes)
-
-    @property
-    def image_shape(self):
-        return (self.size, self.size, 3)
 
     @property
     def cached(self):

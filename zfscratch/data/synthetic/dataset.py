@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import UserError
+from ..base import DatasetBase
 from .raster import _part_coverage, _render_batch
 from .rng import _key
 from .sampling import _gen_labels, _gen_params, _gen_style
@@ -32,7 +33,7 @@ class Sample:
         return iter((self.image, self.label, self.bbox, self.landmarks))
 
 
-class SyntheticDataset:
+class SyntheticDataset(DatasetBase):
     """Seeded synthetic objects with parts; sample ``i`` depends only on (seed, split, i).
 
     Parameters
@@ -89,14 +90,6 @@ class SyntheticDataset:
 
     def __len__(self):
         return self.n
-
-    @property
-    def num_classes(self):
-        return len(self.classes)
-
-    @property
-    def image_shape(self):
-        return (self.size, self.size, 3)
 
     @property
     def labels(self):
