@@ -35,7 +35,6 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
     ({class: accuracy}), confusion (list of rows: true class, columns: predicted), classes.
     """
     cached = data if isinstance(data, Cached) else Cached(data, prep, limit_bytes=0)
-    be = net.backend
     k = int(net.config.get("num_classes") or net.layers[-1].out_f)
     classes = list(classes or getattr(cached.ds, "classes", None) or [str(i) for i in range(k)])
     labels = cached.labels
@@ -50,14 +49,7 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
     lo, hi = shard_range(len(cached), world.rank, world.size)
     bar = _tqdm(total=hi - lo, desc=desc, unit="img", disable=quiet, leave=False)
     for imgs, y in cached.batches(batch, lo, hi):
-        if ten_crop:
-            views = prep.ten_crop(imgs)
-            p = 0.0
-            for v in views:
-                p = p + _softmax(be.to_host(net.forward(be.to_device(v), train=False)))
-            p = p / len(views)
-        else:
-            p = _softmax(be.to_host(net.forward(be.to_device(prep(imgs)), train=False)))
+        p = _probabilities(net, prep, imgs, ten_crop)
         loss_sum += float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-30)).sum())
         pred = p.argmax(axis=1)
         np.add.at(conf, (y, pred), 1)
@@ -70,6 +62,24 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
         world.allreduce_sum(conf, what="merging evaluation counts")
         tot = world.allreduce_sum(np.array([loss_sum, top5, n], np.float64), what="merging evaluation counts")
         loss_sum, top5, n = float(tot[0]), int(tot[1]), int(tot[2])
+    return _scores(conf, loss_sum, top5, n, topk, classes, ten_crop)
+
+
+def _probabilities(net, prep, imgs, ten_crop):
+    """Softmax of the net on a batch of images (averaged over the 10 views with ``ten_crop``), on the host."""
+    be = net.backend
+    if ten_crop:
+        views = prep.ten_crop(imgs)
+        p = 0.0
+        for v in views:
+            p = p + _softmax(be.to_host(net.forward(be.to_device(v), train=False)))
+        return p / len(views)
+    return _softmax(be.to_host(net.forward(be.to_device(prep(imgs)), train=False)))
+
+
+def _scores(conf, loss_sum, top5, n, topk, classes, ten_crop):
+    """The result dict of :func:`evaluate` from the merged counts."""
+    k = conf.shape[0]
     correct = int(np.trace(conf))
     per_class = {}
     for c in range(k):
@@ -81,8 +91,6 @@ def evaluate(net, data, prep, batch=64, ten_crop=False, classes=None, quiet=True
             "top5_error": 1.0 - top5 / n if n else float("nan"), "topk": topk,
             "per_class": per_class, "confusion": conf.tolist(), "classes": classes,
             "ten_crop": bool(ten_crop)}
-
-
 
 
 def evaluate_weights(weights, data, split="test", ten_crop=False, batch=64, backend=None, out_dir=None,

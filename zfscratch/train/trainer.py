@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,13 @@ from zfscratch.train.rundir import (CHECKPOINT_FORMAT, check_writable_dir, clear
 from zfscratch.util.jsonio import jsonable as _jsonable
 from zfscratch.util.progress import tqdm_bar as _tqdm
 from zfscratch.util.progress import write as _log
+
+
+class _Plan(NamedTuple):
+    """Step counts of a run: batches per epoch, steps in all, warm-up steps."""
+    batches: int
+    total_steps: int
+    warm_steps: int
 
 
 class Trainer:
@@ -74,6 +82,40 @@ class Trainer:
 
     def _setup(self, data, cfg, backend, resume, overwrite):
         self.resume = resume
+        cfg, data, ck_arrays, ck_meta = self._options(data, cfg, resume, overwrite)
+        self.cfg = cfg
+        self.data_spec = data if isinstance(data, str) else None
+        self.be = resolve_backend(backend)
+        if self.be.name == "cupy" and self.world.distributed:
+            from zfscratch.distributed import select_gpu
+            select_gpu(self.world)  # one GPU per rank, before any array is made
+
+        # data (loader errors surface here, before anything is written)
+        self._open_data(data, ck_meta)
+        self.backend_name = backend
+
+        if self.world.is_root:  # only rank 0 writes the run directory
+            check_writable_dir(self.out_dir)
+        k_ranks = self.world.size
+        if cfg["batch"] % k_ranks:
+            raise UserError(f"--batch {cfg['batch']} (the global batch) is not divisible by the {k_ranks} ranks")
+
+        # preprocessing and model
+        if ck_meta is not None:
+            self.prep = Preprocess.from_meta({"preprocessing": ck_meta["preprocessing"],
+                                              "extra": {"mean": ck_arrays["mean"]} if "mean" in ck_arrays else {}})
+        else:
+            self.prep = self._make_prep()
+        self._clear_pending = ck_meta is None and overwrite  # once every rank has agreed
+        self._load_caches()
+        if ck_meta is None:
+            self.prep.fit_mean(b for b, _ in self.train.batches(512))
+        self._build(ck_meta, ck_arrays)
+
+    def _options(self, data, cfg, resume, overwrite):
+        """The run's options (the checkpoint's when resuming) and data, checked.
+
+        Returns ``(cfg, data, checkpoint arrays, checkpoint metadata)``; the last two are None for a new run."""
         ck_arrays = ck_meta = None
         if resume:
             ck_arrays, ck_meta = load_checkpoint(self.files["checkpoint"])
@@ -98,14 +140,11 @@ class Trainer:
         cfg["snapshots"] = _parse_snapshots(cfg["snapshots"])
         cfg["augment"] = _parse_augment(cfg["augment"])
         _check_options(cfg)
-        self.cfg = cfg
-        self.data_spec = data if isinstance(data, str) else None
-        self.be = resolve_backend(backend)
-        if self.be.name == "cupy" and self.world.distributed:
-            from zfscratch.distributed import select_gpu
-            select_gpu(self.world)  # one GPU per rank, before any array is made
+        return cfg, data, ck_arrays, ck_meta
 
-        # data (loader errors surface here, before anything is written)
+    def _open_data(self, data, ck_meta):
+        """Training and validation sets, class names and count, checked against each other and the checkpoint."""
+        cfg = self.cfg
         self.train_ds, self.val_ds = resolve_data(data, cfg["val_data"], cfg["val_split"], cfg["seed"])
         if len(self.train_ds) == 0:
             raise UserError(f"training data {data} holds no images")
@@ -130,25 +169,6 @@ class Trainer:
                             f"{', ...' if len(self.classes) > 5 else ''}) differ from the checkpoint's "
                             f"({', '.join(map(str, ck_meta['classes'][:5]))}{', ...' if len(ck_meta['classes']) > 5 else ''}); "
                             f"resuming would remap labels silently")
-        self.backend_name = backend
-
-        if self.world.is_root:  # only rank 0 writes the run directory
-            check_writable_dir(self.out_dir)
-        k_ranks = self.world.size
-        if cfg["batch"] % k_ranks:
-            raise UserError(f"--batch {cfg['batch']} (the global batch) is not divisible by the {k_ranks} ranks")
-
-        # preprocessing and model
-        if ck_meta is not None:
-            self.prep = Preprocess.from_meta({"preprocessing": ck_meta["preprocessing"],
-                                              "extra": {"mean": ck_arrays["mean"]} if "mean" in ck_arrays else {}})
-        else:
-            self.prep = self._make_prep()
-        self._clear_pending = ck_meta is None and overwrite  # once every rank has agreed
-        self._load_caches()
-        if ck_meta is None:
-            self.prep.fit_mean(b for b, _ in self.train.batches(512))
-        self._build(ck_meta, ck_arrays)
 
     # -- set-up -----------------------------------------------------------------------------
     def _merge_resumed(self, given, stored):
@@ -400,79 +420,97 @@ class Trainer:
         eval_batch = cfg["eval_batch"] or max(bsz, 64)
         if self.epoch == 0 and self.pos == 0 and 0 in cfg["snapshots"]:
             self.save_snapshot(0)
-        total_steps = nb * cfg["epochs"]
         # linear lr warm-up over the first ``warmup`` epochs (a function of the step: resume-exact)
-        warm_steps = int(round(cfg["warmup"] * nb))
+        plan = _Plan(batches=nb, total_steps=nb * cfg["epochs"], warm_steps=int(round(cfg["warmup"] * nb)))
         if not self.quiet:
-            _log(f"training {cfg['model']} ({sum(p.size for _, p in self.net.params()):,} parameters) on "
-                 f"{n} images, validating on {len(self.val)}, {self.num_classes} classes, input "
-                 f"{self.prep.input_size}x{self.prep.input_size}, backend {self.be.name}, batch {bsz}, "
-                 f"lr {self.opt.lr:g}" + (f"; resuming at epoch {self.epoch + 1}, batch {self.pos}"
-                                          if self.resume else ""))
+            self._announce()
         while self.epoch < cfg["epochs"]:
             e = self.epoch + 1
-            bar = _tqdm(total=nb, initial=self.pos, desc=f"epoch {e}/{cfg['epochs']}", unit="batch",
-                        disable=self.quiet, leave=False)
-            t_ep = t_wall = time.perf_counter()
-            seen0 = self.sums["seen"]
-            if self.pos < nb and (self.it.epoch, self.it.position) != (self.epoch, min(self.pos * bsz, n)):
-                raise UserError(f"checkpoint {self.files['checkpoint']} is inconsistent: iterator at epoch "
-                                f"{self.it.epoch} position {self.it.position}, training at epoch {self.epoch} "
-                                f"batch {self.pos}")
-            for x, y, idx in (self.it if self.pos < nb else ()):
-                i = self.pos
-                if cfg["lr_schedule"] == "cosine":
-                    self.opt.lr = cosine_lr(cfg["lr"], self.step, total_steps)
-                self.net.zero_grads()
-                faults.before_step(self.step + 1)
-                if self.reducer is not None:  # forward, backward, all-reduce (losses too)
-                    loss, n_seen, n_correct = self._distributed_step(x, y, idx, faults)
-                else:
-                    self.net.set_sample_rng(SampleRNG(cfg["seed"], self.it.last_step[0], idx, stream=0xD0))
-                    logits = self.net.forward(self.be.to_device(x), train=True)
-                    loss = float(self.loss_fn.forward(logits, y))
-                    loss = faults.loss(self.step + 1, loss)
-                if not math.isfinite(loss):
-                    bar.close()
-                    err = TrainingDiverged(
-                        f"loss became {loss} at step {self.step + 1} (epoch {e}, batch {i + 1}/{nb}, lr "
-                        f"{self.opt.lr:g}); training stopped, {self._kept()} (resume with --resume, or start again "
-                        f"with a lower --lr)")
-                    err.collective = True  # with several ranks: all saw the same all-reduced loss
-                    raise err
-                if self.reducer is None:
-                    self.net.backward(self.loss_fn.backward())
-                    pred = self.be.to_host(self.loss_fn.probs).argmax(axis=1)
-                    n_seen, n_correct = len(y), int((pred == y).sum())
-                base_lr = self.opt.lr  # what the schedule controls; warm-up scales only this step
-                if self.step < warm_steps:
-                    self.opt.lr = base_lr * (self.step + 1) / warm_steps
-                self.opt.step()
-                step_lr, self.opt.lr = self.opt.lr, base_lr
-                self.step += 1
-                self.pos = i + 1
-                self.sums["loss"] += loss * n_seen
-                self.sums["correct"] += n_correct
-                self.sums["seen"] += n_seen
-                bar.update(1)
-                if not self.quiet:
-                    dt = time.perf_counter() - t_wall
-                    rate = (self.sums["seen"] - seen0) / max(dt, 1e-9)
-                    left = (total_steps - self.step) * bsz / max(rate, 1e-9)
-                    bar.set_postfix_str(f"loss {self.sums['loss'] / self.sums['seen']:.3f} acc "
-                                        f"{self.sums['correct'] / self.sums['seen']:.1%} {rate:.0f} img/s lr "
-                                        f"{self.opt.lr:.3g} run ETA {_fmt_time(left)}", refresh=False)
-                self._emit(event="step", epoch=e, batch=i + 1, batches=nb, step=self.step, loss=loss,
-                           lr=step_lr)
-                if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
-                    self.sums["time"] += time.perf_counter() - t_ep
-                    t_ep = time.perf_counter()
-                    self.save_checkpoint()
-                faults.after_step(self.step)
-            bar.close()
-            self.sums["time"] += time.perf_counter() - t_ep
+            self._train_epoch(e, plan, faults)
             self._end_epoch(e, eval_batch)
         return self._finish()
+
+    def _announce(self):
+        cfg, n = self.cfg, len(self.train)
+        _log(f"training {cfg['model']} ({sum(p.size for _, p in self.net.params()):,} parameters) on "
+             f"{n} images, validating on {len(self.val)}, {self.num_classes} classes, input "
+             f"{self.prep.input_size}x{self.prep.input_size}, backend {self.be.name}, batch {cfg['batch']}, "
+             f"lr {self.opt.lr:g}" + (f"; resuming at epoch {self.epoch + 1}, batch {self.pos}"
+                                      if self.resume else ""))
+
+    def _train_epoch(self, e, plan, faults):
+        """The steps of epoch ``e`` from the current position (none left when a resumed run had done them)."""
+        cfg, n, bsz, nb = self.cfg, len(self.train), self.cfg["batch"], plan.batches
+        bar = _tqdm(total=nb, initial=self.pos, desc=f"epoch {e}/{cfg['epochs']}", unit="batch",
+                    disable=self.quiet, leave=False)
+        t_ep = t_wall = time.perf_counter()
+        seen0 = self.sums["seen"]
+        if self.pos < nb and (self.it.epoch, self.it.position) != (self.epoch, min(self.pos * bsz, n)):
+            raise UserError(f"checkpoint {self.files['checkpoint']} is inconsistent: iterator at epoch "
+                            f"{self.it.epoch} position {self.it.position}, training at epoch {self.epoch} "
+                            f"batch {self.pos}")
+        for x, y, idx in (self.it if self.pos < nb else ()):
+            i = self.pos
+            loss, step_lr = self._step(x, y, idx, e, plan, faults, bar)
+            bar.update(1)
+            if not self.quiet:
+                self._show_progress(bar, seen0, t_wall, plan.total_steps)
+            self._emit(event="step", epoch=e, batch=i + 1, batches=nb, step=self.step, loss=loss,
+                       lr=step_lr)
+            if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
+                self.sums["time"] += time.perf_counter() - t_ep
+                t_ep = time.perf_counter()
+                self.save_checkpoint()
+            faults.after_step(self.step)
+        bar.close()
+        self.sums["time"] += time.perf_counter() - t_ep
+
+    def _step(self, x, y, idx, e, plan, faults, bar):
+        """One optimizer step on the batch at ``self.pos`` of epoch ``e``. Returns (loss, the step's lr)."""
+        cfg, i = self.cfg, self.pos
+        if cfg["lr_schedule"] == "cosine":
+            self.opt.lr = cosine_lr(cfg["lr"], self.step, plan.total_steps)
+        self.net.zero_grads()
+        faults.before_step(self.step + 1)
+        if self.reducer is not None:  # forward, backward, all-reduce (losses too)
+            loss, n_seen, n_correct = self._distributed_step(x, y, idx, faults)
+        else:
+            self.net.set_sample_rng(SampleRNG(cfg["seed"], self.it.last_step[0], idx, stream=0xD0))
+            logits = self.net.forward(self.be.to_device(x), train=True)
+            loss = float(self.loss_fn.forward(logits, y))
+            loss = faults.loss(self.step + 1, loss)
+        if not math.isfinite(loss):
+            bar.close()
+            err = TrainingDiverged(
+                f"loss became {loss} at step {self.step + 1} (epoch {e}, batch {i + 1}/{plan.batches}, lr "
+                f"{self.opt.lr:g}); training stopped, {self._kept()} (resume with --resume, or start again "
+                f"with a lower --lr)")
+            err.collective = True  # with several ranks: all saw the same all-reduced loss
+            raise err
+        if self.reducer is None:
+            self.net.backward(self.loss_fn.backward())
+            pred = self.be.to_host(self.loss_fn.probs).argmax(axis=1)
+            n_seen, n_correct = len(y), int((pred == y).sum())
+        base_lr = self.opt.lr  # what the schedule controls; warm-up scales only this step
+        if self.step < plan.warm_steps:
+            self.opt.lr = base_lr * (self.step + 1) / plan.warm_steps
+        self.opt.step()
+        step_lr, self.opt.lr = self.opt.lr, base_lr
+        self.step += 1
+        self.pos = i + 1
+        self.sums["loss"] += loss * n_seen
+        self.sums["correct"] += n_correct
+        self.sums["seen"] += n_seen
+        return loss, step_lr
+
+    def _show_progress(self, bar, seen0, t_wall, total_steps):
+        """The epoch bar's running loss, accuracy, speed and the run's ETA."""
+        dt = time.perf_counter() - t_wall
+        rate = (self.sums["seen"] - seen0) / max(dt, 1e-9)
+        left = (total_steps - self.step) * self.cfg["batch"] / max(rate, 1e-9)
+        bar.set_postfix_str(f"loss {self.sums['loss'] / self.sums['seen']:.3f} acc "
+                            f"{self.sums['correct'] / self.sums['seen']:.1%} {rate:.0f} img/s lr "
+                            f"{self.opt.lr:.3g} run ETA {_fmt_time(left)}", refresh=False)
 
     def _end_epoch(self, e, eval_batch):
         self._check_finite_params("validation")
