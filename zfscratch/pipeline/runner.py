@@ -321,10 +321,28 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
     UserError
         bad options, data or weights; raised before anything in ``out`` is written.
     """
-    from zfscratch.backend import BackendError, get_backend
-    from zfscratch.report import write_report
     from zfscratch.train import check_writable_dir
     log = log or (lambda msg: print(msg, flush=True))
+    profile, overrides, values = _profile_values(quick, profile, overrides, architecture)
+    be = _backend(backend)
+    weights, loaded = _report_weights(weights, overrides, values, architecture)
+    out = os.path.abspath(os.fspath(out))
+    ctx = Context(out, data_spec(data, values), be, profile, progress=progress, log=log)
+    if weights is not None:
+        _check_weights_fit(weights, *loaded, ctx)
+    del loaded
+    check_writable_dir(out)
+    all_stages = build(values, weights=weights)
+    wanted, forced = _select(all_stages, stages, force)
+    manifest = load_manifest(out)
+    if command is None:
+        command = _default_command(out, quick, be, backend, data, force, profile, weights, overrides)
+    _start_manifest(manifest, ctx, command, values, overrides, weights, data)
+    return _run_stages(ctx, manifest, all_stages, wanted, forced, weights)
+
+
+def _profile_values(quick, profile, overrides, architecture):
+    """``(profile name, overrides given, the run's values)``: the profile's settings with the overrides."""
     if quick and profile not in (None, "quick"):
         raise UserError(f"--quick is the quick profile; it cannot be combined with --profile {profile}")
     profile = "quick" if quick else (profile or "default")
@@ -332,50 +350,61 @@ def run_pipeline(out="report", quick=False, backend=None, data=None, force=False
     values = profile_values(profile, overrides)
     if architecture is not None:
         values["architecture"] = bool(architecture)
+    return profile, overrides, values
+
+
+def _backend(backend):
+    from zfscratch.backend import BackendError, get_backend
     try:
-        be = get_backend(backend)
+        return get_backend(backend)
     except BackendError as e:
         raise UserError(f"--backend: {e}") from None
-    wnet = wmeta = wprep = None
-    if weights is not None:
-        bad = [k for k in TRAINING_ONLY + ("size", "resize") if k in overrides]
-        if bad:
-            raise UserError(f"--{'input-size' if bad[0] == 'size' else bad[0].replace('_', '-')}: the report on "
-                            "--weights trains nothing (the model's own input size and preprocessing are used); "
-                            "drop the option or the --weights")
-        weights = os.path.abspath(os.fspath(weights))
-        from zfscratch.io import load_weights
-        from zfscratch.preprocess import Preprocess
-        if not os.path.isfile(weights):
-            raise UserError(f"--weights {weights}: no such file (expected a zfscratch weights .npz)")
-        wnet, wmeta = load_weights(weights)
-        wprep = Preprocess.from_meta(wmeta)
-        values.update(size=wprep.input_size, resize=wprep.resize, model=wnet.config.get("arch"),
-                      architecture=bool(architecture))
-    spec = data_spec(data, values)
-    out = os.path.abspath(os.fspath(out))
-    ctx = Context(out, spec, be, profile, progress=progress, log=log)
-    if weights is not None:
-        _check_weights_fit(weights, wnet, wmeta, wprep, ctx)
-        del wnet
-    check_writable_dir(out)
+
+
+def _report_weights(weights, overrides, values, architecture):
+    """``--weights``: ``(absolute path, (net, meta, preprocessing))``, the model's input size, resize and
+    architecture put into ``values``; ``(None, None)`` without weights."""
+    if weights is None:
+        return None, None
+    bad = [k for k in TRAINING_ONLY + ("size", "resize") if k in overrides]
+    if bad:
+        raise UserError(f"--{'input-size' if bad[0] == 'size' else bad[0].replace('_', '-')}: the report on "
+                        "--weights trains nothing (the model's own input size and preprocessing are used); "
+                        "drop the option or the --weights")
+    weights = os.path.abspath(os.fspath(weights))
+    from zfscratch.io import load_weights
+    from zfscratch.preprocess import Preprocess
+    if not os.path.isfile(weights):
+        raise UserError(f"--weights {weights}: no such file (expected a zfscratch weights .npz)")
+    wnet, wmeta = load_weights(weights)
+    wprep = Preprocess.from_meta(wmeta)
+    values.update(size=wprep.input_size, resize=wprep.resize, model=wnet.config.get("arch"),
+                  architecture=bool(architecture))
+    return weights, (wnet, wmeta, wprep)
+
+
+def _start_manifest(manifest, ctx, command, values, overrides, weights, data):
+    """This run's settings into the manifest (its stages' entries are kept)."""
     shown = dict(values)
     if weights is not None:  # the profile's training values only shape the (optional) architecture twin
         shown = {k: v for k, v in values.items() if k not in TRAINING_ONLY + ("snapshots",) or k == "model"}
-    all_stages = build(values, weights=weights)
-    wanted, forced = _select(all_stages, stages, force)
-    manifest = load_manifest(out)
-    if command is None:
-        command = _default_command(out, quick, be, backend, data, force, profile, weights, overrides)
-    manifest.update(format=MANIFEST_FORMAT, version=PIPELINE_VERSION, profile=profile, spec=spec,
-                    command=command, machine=machine_info(be), budget=_jsonable(shown), overrides=overrides,
+    profile = ctx.profile
+    manifest.update(format=MANIFEST_FORMAT, version=PIPELINE_VERSION, profile=profile, spec=ctx.spec,
+                    command=command, machine=machine_info(ctx.backend), budget=_jsonable(shown), overrides=overrides,
                     weights=weights,
                     budget_note=BUDGET_NOTE if not data and not weights and profile in ("default", "quick") else None)
     manifest.setdefault("stages", {})
+
+
+def _run_stages(ctx, manifest, all_stages, wanted, forced, weights):
+    """Run (or reuse) the wanted stages in order, save the manifest, write the report; returns the manifest."""
+    from zfscratch.report import write_report
+    out, log = ctx.out, ctx.log
     run = _Run(ctx, manifest, wanted, forced, weights=weights)
     t_all, c_all = time.perf_counter(), time.process_time()
     run_list = [s for s in all_stages if s.name in wanted]
-    log(f"zfscratch run: {len(run_list)} stages, profile {profile}, data {spec}, backend {be.name}, output {out}")
+    log(f"zfscratch run: {len(run_list)} stages, profile {ctx.profile}, data {ctx.spec}, backend {ctx.backend.name}, "
+        f"output {out}")
     for k, st in enumerate(run_list, 1):
         run.stage(st, f"[{k}/{len(run_list)}] {st.name:<15}")
     manifest["total_seconds"] = time.perf_counter() - t_all
