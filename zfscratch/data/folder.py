@@ -66,34 +66,7 @@ def class_names(root, folders):
     path = next((os.path.join(root, f) for f in CLASS_FILES if os.path.isfile(os.path.join(root, f))), None)
     if path is None:
         return None
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_CLASS_FILE_LIMIT + 1)
-    except OSError as e:
-        raise UserError(f"class names file {path} cannot be read: {e}") from None
-    if len(raw) > _CLASS_FILE_LIMIT:
-        raise UserError(f"class names file {path} is larger than {_CLASS_FILE_LIMIT >> 20} MiB: expected one "
-                        "'index folder name' or 'folder name' line per class")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"class names file {path} is not UTF-8 text") from None
-    loc = os.path.basename(path) == "LOC_synset_mapping.txt"
-    mapping = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(None, 1)
-        if len(parts) == 2 and parts[0].isdigit():  # "index folder name"
-            parts = parts[1].split(None, 1)
-        folder = parts[0]
-        name = parts[1].strip() if len(parts) > 1 else folder
-        if loc:
-            name = name.split(",")[0].strip() or folder
-        if folder in mapping:
-            raise UserError(f"class names file {path} line {n}: class {folder!r} is listed twice")
-        mapping[folder] = name
+    mapping = _parse_class_file(path, _read_class_file(path))
     missing = [f for f in folders if f not in mapping]
     extra = sorted(set(mapping) - set(folders))
     if missing or extra:
@@ -111,6 +84,43 @@ def class_names(root, folders):
     # two folders with one display name (ImageNet has a few): keep them apart by the folder name
     names = [f"{nm} ({f})" if counts[nm] > 1 else nm for nm, f in zip(names, folders)]
     return names, path
+
+
+def _read_class_file(path):
+    """The text of a class names file (at most :data:`_CLASS_FILE_LIMIT` bytes of UTF-8)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_CLASS_FILE_LIMIT + 1)
+    except OSError as e:
+        raise UserError(f"class names file {path} cannot be read: {e}") from None
+    if len(raw) > _CLASS_FILE_LIMIT:
+        raise UserError(f"class names file {path} is larger than {_CLASS_FILE_LIMIT >> 20} MiB: expected one "
+                        "'index folder name' or 'folder name' line per class")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"class names file {path} is not UTF-8 text") from None
+
+
+def _parse_class_file(path, text):
+    """``{folder: display name}`` from the lines ``folder [name]`` or ``index folder [name]``."""
+    loc = os.path.basename(path) == "LOC_synset_mapping.txt"
+    mapping = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0].isdigit():  # "index folder name"
+            parts = parts[1].split(None, 1)
+        folder = parts[0]
+        name = parts[1].strip() if len(parts) > 1 else folder
+        if loc:
+            name = name.split(",")[0].strip() or folder
+        if folder in mapping:
+            raise UserError(f"class names file {path} line {n}: class {folder!r} is listed twice")
+        mapping[folder] = name
+    return mapping
 
 
 def to_rgb(img):

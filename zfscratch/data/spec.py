@@ -119,6 +119,19 @@ def open_dataset(spec, split="train", **overrides):
     if split not in ("train", "val", "test"):
         raise UserError(f"split {split!r}: expected train, val or test")
     kind, path, opts = parse_spec(spec)
+    path = _apply_overrides(kind, path, opts, overrides)
+    if kind == "synthetic":
+        return _open_synthetic(opts, split, spec)
+    if kind == "idx":
+        return _open_idx(path, opts, split, spec)
+    if kind == "cifar":
+        from .cifar import CifarDataset
+        return CifarDataset(_need_path(kind, path, spec), split=split)
+    return _open_folder(path, opts, split, spec)
+
+
+def _apply_overrides(kind, path, opts, overrides):
+    """Put ``open_dataset``'s keyword overrides into ``opts`` (in place); returns the path."""
     for k, v in overrides.items():
         if v is None:
             continue
@@ -129,45 +142,50 @@ def open_dataset(spec, split="train", **overrides):
             path = v
         else:
             opts[k] = v
-    if kind == "synthetic":
-        from .synthetic import SyntheticDataset
-        n = _int(opts.get("n", 10000), "n", spec, 0)
-        key = {"train": "n", "val": "n_val", "test": "n_test"}[split]
-        count = n if split == "train" else _int(opts.get(key, max(1, n // 5)), key, spec, 0)
-        kw = {}
-        if "scale" in opts:
-            s = opts["scale"]
-            if isinstance(s, str):
-                lo, sep, hi = s.partition("-")
-                kw["scale_range"] = (_float(lo, "scale", spec), _float(hi if sep else lo, "scale", spec))
-            else:
-                kw["scale_range"] = tuple(s)
-        if "max_angle" in opts:
-            kw["max_angle"] = _float(opts["max_angle"], "max_angle", spec)
-        if "classes" in opts:
-            kw["classes"] = opts["classes"]
-        return SyntheticDataset(count, size=_int(opts.get("size", 64), "size", spec, 8),
-                                seed=_int(opts.get("seed", 0), "seed", spec),
-                                background=str(opts.get("background", "plain")).lower(),
-                                split=split, **kw)
-    if kind == "idx":
-        from .idx import IdxDataset, find_idx_files
-        if "images" in opts or "labels" in opts:
-            if "images" not in opts or "labels" not in opts:
-                raise UserError(f"data spec {spec!r}: give both images=PATH and labels=PATH")
-            images, labels = os.path.expanduser(opts["images"]), os.path.expanduser(opts["labels"])
+    return path
+
+
+def _open_synthetic(opts, split, spec):
+    from .synthetic import SyntheticDataset
+    n = _int(opts.get("n", 10000), "n", spec, 0)
+    key = {"train": "n", "val": "n_val", "test": "n_test"}[split]
+    count = n if split == "train" else _int(opts.get(key, max(1, n // 5)), key, spec, 0)
+    kw = {}
+    if "scale" in opts:
+        s = opts["scale"]
+        if isinstance(s, str):
+            lo, sep, hi = s.partition("-")
+            kw["scale_range"] = (_float(lo, "scale", spec), _float(hi if sep else lo, "scale", spec))
         else:
-            images, labels = find_idx_files(_need_path(kind, path, spec), split)
-        classes = opts.get("classes")
-        if isinstance(classes, str) and classes not in ("mnist", "fashion"):
-            classes = classes.split("+")
-        return IdxDataset(images, labels, classes=classes)
-    if kind == "cifar":
-        from .cifar import CifarDataset
-        return CifarDataset(_need_path(kind, path, spec), split=split)
+            kw["scale_range"] = tuple(s)
+    if "max_angle" in opts:
+        kw["max_angle"] = _float(opts["max_angle"], "max_angle", spec)
+    if "classes" in opts:
+        kw["classes"] = opts["classes"]
+    return SyntheticDataset(count, size=_int(opts.get("size", 64), "size", spec, 8),
+                            seed=_int(opts.get("seed", 0), "seed", spec),
+                            background=str(opts.get("background", "plain")).lower(),
+                            split=split, **kw)
+
+
+def _open_idx(path, opts, split, spec):
+    from .idx import IdxDataset, find_idx_files
+    if "images" in opts or "labels" in opts:
+        if "images" not in opts or "labels" not in opts:
+            raise UserError(f"data spec {spec!r}: give both images=PATH and labels=PATH")
+        images, labels = os.path.expanduser(opts["images"]), os.path.expanduser(opts["labels"])
+    else:
+        images, labels = find_idx_files(_need_path("idx", path, spec), split)
+    classes = opts.get("classes")
+    if isinstance(classes, str) and classes not in ("mnist", "fashion"):
+        classes = classes.split("+")
+    return IdxDataset(images, labels, classes=classes)
+
+
+def _open_folder(path, opts, split, spec):
     from .folder import FolderDataset
     size = opts.get("size")
-    return FolderDataset(_need_path(kind, path, spec), split=split,
+    return FolderDataset(_need_path("folder", path, spec), split=split,
                          size=None if size is None else _int(size, "size", spec, 1),
                          cache=_bool(opts.get("cache", "auto"), "cache", spec),
                          workers=None if opts.get("workers") is None else _int(opts["workers"], "workers", spec, 1))
