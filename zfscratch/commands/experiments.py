@@ -80,6 +80,14 @@ def _done(res):
 
 # ----------------------------------------------------------------------------- parsers
 def register(sub):
+    _occlude_parser(sub)
+    _invariance_parser(sub)
+    _correspondence_parser(sub)
+    _layerwise_parser(sub)
+    _architecture_parser(sub)
+
+
+def _occlude_parser(sub):
     p = sub.add_parser("occlude", help="occlusion sensitivity maps of one image (paper Fig 7)",
                        description="Slide a square occluder (default: the training mean = 0 after mean "
                        "subtraction) over an image; for every position record the total activation of the "
@@ -117,6 +125,8 @@ def register(sub):
     add_distributed_arg(p)
     p.set_defaults(func=cmd_occlude)
 
+
+def _invariance_parser(sub):
     p = sub.add_parser("invariance", help="translation / scale / rotation sweeps: feature distances and "
                        "P(true class) (paper Fig 5)",
                        description="For a few images, sweep vertical translation, scale and rotation; plot the "
@@ -140,6 +150,8 @@ def register(sub):
     _common(p, "invariance", batch=64)
     p.set_defaults(func=cmd_invariance)
 
+
+def _correspondence_parser(sub):
     p = sub.add_parser("correspondence", help="part-occlusion consistency Delta at layers 5 and 7 vs random "
                        "occlusion (paper Table 1)",
                        description="Occlude the same part (from the synthetic landmarks) in groups of images of "
@@ -159,6 +171,8 @@ def register(sub):
     _common(p, "correspondence", batch=64)
     p.set_defaults(func=cmd_correspondence)
 
+
+def _layerwise_parser(sub):
     p = sub.add_parser("layerwise", help="linear softmax classifier on each layer's features (paper Table 7)",
                        description="Features of every layer (conv layers pooled to a GRIDxGRID grid, fc layers as "
                        "they are) are computed once; a linear softmax classifier (engine Linear + softmax + "
@@ -181,6 +195,8 @@ def register(sub):
     add_distributed_arg(p)
     p.set_defaults(func=cmd_layerwise)
 
+
+def _architecture_parser(sub):
     p = sub.add_parser("architecture", help="train zfnet_small and alexnet_like with one budget; compare "
                        "first-layer filters, dead filters, high-frequency energy, accuracy (paper Fig 6)",
                        description="Trains each architecture into DIR/<arch>/ with the same data, epochs, batch, "
@@ -231,8 +247,7 @@ def _parse_indices(text):
 
 
 def cmd_occlude(args):
-    from zfscratch.experiments import _shared as S
-    from zfscratch.experiments.occlusion import occluder_positions, run_occlusion
+    from zfscratch.experiments.occlusion import run_occlusion
     _check_positive(batch=args.batch, patch=args.patch, stride=args.stride)
     if args.indices is not None and not args.data:
         raise UserError("--indices: needs --data (samples of a dataset)")
@@ -249,34 +264,7 @@ def cmd_occlude(args):
                   batch=args.batch, project_mode=args.project_mode, world=_world(args, net),
                   incremental=args.incremental)
     if indices is not None:
-        bad = [i for i in indices if i >= len(dataset)]
-        if bad:
-            raise UserError(f"--indices: {bad[0]} out of range 0..{len(dataset) - 1}")
-        size = S.input_size(net)
-        patch = args.patch or max(1, round(size / 5))
-        stride = args.stride or max(1, round(size / 28))
-        per = occluder_positions(size, patch, stride, args.margin).size ** 2
-        bar = S.progress_bar(per * len(indices), f"occlusion of {len(indices)} images",
-                             not args.quiet and _is_root(), unit="pos")
-        results = []
-        try:
-            for i in indices:
-                results.append(run_occlusion(net, meta, out, dataset=dataset, index=i, progress=False, bar=bar,
-                                             name=f"{args.name}_{i}", **common))
-        finally:
-            bar.close()
-        if not _is_root():
-            return 0
-        secs = sum(r["seconds"] for r in results)
-        npos = sum(r["positions"] for r in results)
-        print(f"occlusion: {len(results)} images x {results[0]['positions']} positions (patch "
-              f"{results[0]['patch']}, stride {results[0]['stride']}) in {secs:.2f} s = {npos / secs:.1f} "
-              f"positions/s on {net.backend.name}{'' if args.incremental else ' (full recompute)'}")
-        for i, r in zip(indices, results):
-            print(f"  #{i} {r['label_name']}: P(true) {r['base_prob_true']:.3f} unoccluded, minimum "
-                  f"{r['min_prob_true']:.3f} at (x, y) = ({r['min_prob_position_xy'][0]:.0f}, "
-                  f"{r['min_prob_position_xy'][1]:.0f}); figure {r['figure']}")
-        return 0
+        return _occlude_samples(args, net, meta, out, dataset, indices, common)
     res = run_occlusion(net, meta, out, image=image, dataset=dataset, index=args.index,
                         progress=not args.quiet, name=args.name, **common)
     if not _is_root():
@@ -291,6 +279,40 @@ def cmd_occlude(args):
     print(f"strongest last-conv map: {res['layer']} #{res['map_index']}; labels seen: "
           f"{', '.join(res['top_label_names'])}")
     return _done(res)
+
+
+def _occlude_samples(args, net, meta, out, dataset, indices, common):
+    """``occlude --indices``: one figure and JSON per sample, one progress bar over every position."""
+    from zfscratch.experiments import _shared as S
+    from zfscratch.experiments.occlusion import occluder_positions, run_occlusion
+    bad = [i for i in indices if i >= len(dataset)]
+    if bad:
+        raise UserError(f"--indices: {bad[0]} out of range 0..{len(dataset) - 1}")
+    size = S.input_size(net)
+    patch = args.patch or max(1, round(size / 5))
+    stride = args.stride or max(1, round(size / 28))
+    per = occluder_positions(size, patch, stride, args.margin).size ** 2
+    bar = S.progress_bar(per * len(indices), f"occlusion of {len(indices)} images",
+                         not args.quiet and _is_root(), unit="pos")
+    results = []
+    try:
+        for i in indices:
+            results.append(run_occlusion(net, meta, out, dataset=dataset, index=i, progress=False, bar=bar,
+                                         name=f"{args.name}_{i}", **common))
+    finally:
+        bar.close()
+    if not _is_root():
+        return 0
+    secs = sum(r["seconds"] for r in results)
+    npos = sum(r["positions"] for r in results)
+    print(f"occlusion: {len(results)} images x {results[0]['positions']} positions (patch "
+          f"{results[0]['patch']}, stride {results[0]['stride']}) in {secs:.2f} s = {npos / secs:.1f} "
+          f"positions/s on {net.backend.name}{'' if args.incremental else ' (full recompute)'}")
+    for i, r in zip(indices, results):
+        print(f"  #{i} {r['label_name']}: P(true) {r['base_prob_true']:.3f} unoccluded, minimum "
+              f"{r['min_prob_true']:.3f} at (x, y) = ({r['min_prob_position_xy'][0]:.0f}, "
+              f"{r['min_prob_position_xy'][1]:.0f}); figure {r['figure']}")
+    return 0
 
 
 def cmd_invariance(args):

@@ -28,8 +28,13 @@ def _ints(s, opt):
 
 
 def register(sub):
+    _train_parser(sub)
+    _evaluate_parser(sub)
+
+
+def _train_parser(sub):
     from zfscratch.commands._args import add_backend_arg, add_distributed_arg
-    from zfscratch.models import ARCHS, INIT_SCHEMES
+    from zfscratch.models import ARCHS
     from zfscratch.train import DEFAULTS as D
 
     p = sub.add_parser(
@@ -80,6 +85,16 @@ def register(sub):
     p.add_argument("--scale", type=float, default=None, help="input scale after mean subtraction (default 1/64)")
     p.add_argument("--mean", choices=("pixel", "channel", "none"), default=None,
                    help="mean subtracted: per-pixel mean image (paper, default), per-channel, none")
+    _architecture_overrides(p)
+    p.add_argument("--eval-batch", type=int, default=None, help="batch size for validation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_distributed_arg(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _architecture_overrides(p):
+    """``train``'s architecture overrides (an argument group of its own in ``--help``)."""
+    from zfscratch.models import INIT_SCHEMES
     g = p.add_argument_group("architecture overrides (zfnet_small/alexnet_like)")
     g.add_argument("--conv1", default=None, metavar="K,S,P", help="first conv kernel, stride, pad (e.g. 5,1,2)")
     g.add_argument("--conv2", default=None, metavar="K,S,P")
@@ -95,10 +110,10 @@ def register(sub):
     g.add_argument("--norm", choices=("lrn", "lcn", "none"), default=None,
                    help="normalization after pool1/pool2: lrn = cross-channel local response normalization "
                         "(default), lcn = subtractive + divisive local contrast normalization, none")
-    p.add_argument("--eval-batch", type=int, default=None, help="batch size for validation")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_distributed_arg(p)
-    p.set_defaults(func=cmd_train)
+
+
+def _evaluate_parser(sub):
+    from zfscratch.commands._args import add_backend_arg, add_distributed_arg
 
     p = sub.add_parser("evaluate", help="top-1/top-5 error, per-class accuracy and confusion matrix of a weights file",
                        description="Evaluate a weights file on a dataset split; writes evaluation_SPLIT.json and "

@@ -15,6 +15,13 @@ SCOPE_HELP = ("display normalization 0.5 + 0.5*r/max|r| (grey = 0): per projecti
 
 
 def register(sub):
+    _visualize_parser(sub)
+    _filters_parser(sub)
+    _evolution_parser(sub)
+    _reconstruct_parser(sub)
+
+
+def _visualize_parser(sub):
     from zfscratch.commands._args import add_backend_arg
 
     p = sub.add_parser("visualize", help="top-9 activations per map of layers 1-5 and their DeconvNet "
@@ -46,12 +53,18 @@ def register(sub):
     add_distributed_arg(p)
     p.set_defaults(func=cmd_visualize)
 
+
+def _filters_parser(sub):
     p = sub.add_parser("filters", help="grid of the first-layer filters (RGB)")
     p.add_argument("--weights", required=True, help="weights file")
     p.add_argument("--out", default=None, metavar="PNG", help="output PNG (default: filters.png beside the weights)")
     p.add_argument("--scope", choices=("filter", "all"), default="filter",
                    help="0.5 + 0.5*w/max|w| per filter (default) or with one max for all filters")
     p.set_defaults(func=cmd_filters)
+
+
+def _evolution_parser(sub):
+    from zfscratch.commands._args import add_backend_arg
 
     p = sub.add_parser("evolution", help="strongest projection per map at every saved epoch (paper Fig 4)")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="training run directory (with snapshots/)")
@@ -69,6 +82,10 @@ def register(sub):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_backend_arg(p)
     p.set_defaults(func=cmd_evolution)
+
+
+def _reconstruct_parser(sub):
+    from zfscratch.commands._args import add_backend_arg
 
     p = sub.add_parser("reconstruct", help="DeconvNet reconstructions of layers 1-3 with and without "
                        "coloured background, beside the input and the predicted label")
