@@ -114,6 +114,43 @@ def test_augment_is_seeded_and_flips_and_crops():
     assert all(f or s for f, s in zip(flipped, same)) and any(flipped) and any(same)
 
 
+def test_random_erase_squares_of_mean_keyed_by_sample():
+    from zfscratch.data import transforms as T
+    from zfscratch.samplerng import SampleRNG
+    x = np.random.default_rng(0).standard_normal((64, 3, 20, 20)).astype(np.float32) + 5  # no zeros
+    e = T.random_erase(x, np.random.default_rng(1), p=1.0, min_side=0.2, max_side=0.4)
+    assert e.shape == x.shape and not np.shares_memory(e, x) and (x != 0).all()
+    for i in range(64):
+        z = (e[i] == 0).all(axis=0)
+        rows, cols = np.nonzero(z.any(axis=1))[0], np.nonzero(z.any(axis=0))[0]
+        assert rows.size and cols.size, i  # every image got a square (p=1)
+        # one axis-aligned rectangle (a square cut by the border), all channels, nothing else changed
+        assert z[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and z.sum() == rows.size * cols.size
+        assert max(rows.size, cols.size) <= 8 and (e[i][:, ~z] == x[i][:, ~z]).all()
+    assert np.array_equal(T.random_erase(x, np.random.default_rng(1), p=0.0), x)
+    some = T.random_erase(x, np.random.default_rng(2), p=0.5)
+    hit = [(some[i] == 0).any() for i in range(64)]
+    assert 16 < sum(hit) < 48
+    # keyed by sample: the same squares whatever the batch split (data-parallel training)
+    idx = np.arange(100, 164)
+    whole = T.random_erase(x, SampleRNG(0, 1, idx))
+    np.testing.assert_array_equal(whole[40:], T.random_erase(x[40:], SampleRNG(0, 1, idx[40:])))
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        T.random_erase(np.zeros((2, 8, 8, 3), np.uint8), np.random.default_rng(0))
+
+
+def test_augment_erase_option_reaches_the_views():
+    imgs = np.random.default_rng(3).integers(1, 256, (32, 12, 12, 3), dtype=np.uint8)
+    prep = Preprocess(12)  # no mean: a pixel is 0 only where erased
+    a = prep.augment(imgs, np.random.default_rng(5), flip=False, crop=False, erase=True)
+    assert any((a[i] == 0).all(axis=0).any() for i in range(32))
+    assert not (prep.augment(imgs, np.random.default_rng(5), flip=False, crop=False) == 0).any()
+    from zfscratch.train.options import _parse_augment
+    assert _parse_augment("erase,flip") == ("erase", "flip")
+    with pytest.raises(UserError, match="flip, crop, erase"):
+        _parse_augment("flip,blur")
+
+
 # =============================================================================== image files
 def _save(tmp_path, name, arr, mode=None, **kw):
     p = tmp_path / name

@@ -165,10 +165,11 @@ class Preprocess:
         from zfscratch.data.transforms import center_crop_batch
         return center_crop_batch(self.normalize(self.prepare(images)), self.input_size)
 
-    def augment(self, prepared, rng, flip=True, crop=True):
+    def augment(self, prepared, rng, flip=True, crop=True, erase=False):
         """Training views of prepared uint8 (B, R, R, C): random S x S crops (of the image padded by
         ``pad`` pixels of mean) and random horizontal flips, drawn from ``rng`` -> float32 (B, C, S, S).
-        With ``crop=False`` the centre view."""
+        With ``crop=False`` the centre view; with ``erase`` a mean-grey square on half of the views
+        (:func:`zfscratch.data.transforms.random_erase`)."""
         from zfscratch.data import transforms as T
         x = self.normalize(self.prepare(prepared))
         if crop and (self.pad or x.shape[2] > self.input_size):
@@ -177,6 +178,8 @@ class Preprocess:
             x = T.center_crop_batch(x, self.input_size)
         if flip:
             x = T.random_flip(x, rng)
+        if erase:
+            x = T.random_erase(x, rng)
         return np.ascontiguousarray(x)
 
     def ten_crop(self, images):

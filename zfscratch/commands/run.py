@@ -46,7 +46,7 @@ def register(sub):
     g.add_argument("--init", default=None, choices=INIT_SCHEMES,
                    help="weight initialization (mixed: He, conv1 N(0, 0.01^2))")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability on fc6/fc7")
-    g.add_argument("--augment", default=None, metavar="LIST", help="flip,crop | flip | crop | none")
+    g.add_argument("--augment", default=None, metavar="LIST", help="comma-separated subset of flip,crop,erase, or none")
     p.add_argument("--architecture", action="store_true", default=None,
                    help="also run the architecture comparison (trains an AlexNet-like twin) where the profile "
                         "or --weights leaves it out")

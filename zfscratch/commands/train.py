@@ -81,7 +81,8 @@ def _train_parser(sub):
                    help="resize images to R x R (shorter side + centre crop) before S x S crops (default S)")
     p.add_argument("--pad", type=int, default=None, help="pad by P pixels (of the mean) before random training crops")
     p.add_argument("--augment", default=None, metavar="LIST",
-                   help="training augmentation: comma-separated subset of flip,crop, or none (default flip,crop)")
+                   help="training augmentation: comma-separated subset of flip,crop,erase (erase: a mean-grey "
+                        "square on half the images, as the occlusion test's occluder), or none (default flip,crop)")
     p.add_argument("--scale", type=float, default=None, help="input scale after mean subtraction (default 1/64)")
     p.add_argument("--mean", choices=("pixel", "channel", "none"), default=None,
                    help="mean subtracted: per-pixel mean image (paper, default), per-channel, none")

@@ -26,7 +26,7 @@ from ..errors import UserError
 __all__ = [
     "resize_shorter", "center_crop", "resize_center_crop",
     "to_float_nchw", "compute_mean",
-    "random_crop", "center_crop_batch", "random_flip", "ten_crop", "ten_crop_average",
+    "random_crop", "center_crop_batch", "random_flip", "random_erase", "ten_crop", "ten_crop_average",
     "Compose", "ToFloat", "RandomCrop", "CenterCrop", "RandomFlip", "TenCrop", "ResizeShorter",
     "train_transform", "eval_transform",
 ]
@@ -147,6 +147,37 @@ def random_flip(x, rng, p=0.5):
     flip = rng.random(x.shape[0]) < p
     if flip.any():
         x[flip] = _hflip(x[flip])
+    return x
+
+
+def random_erase(x, rng, p=0.5, min_side=0.1, max_side=0.4):
+    """Cutout / random erasing: with probability ``p`` per image, set one square to zero.
+
+    Parameters
+    ----------
+    x : float array (B, C, H, W), network input (mean already subtracted, so zero is the training mean).
+    rng : ``numpy.random.Generator`` or :class:`~zfscratch.samplerng.SampleRNG` (one row of draws per image).
+    p : probability that an image gets a square.
+    min_side, max_side : the square's side, uniform in ``[min_side, max_side] * min(H, W)`` (at least 1 px).
+
+    Returns
+    -------
+    A copy of ``x`` (B, C, H, W). The square's centre is uniform over the image and the part outside is
+    dropped, as the occlusion experiment's occluder: a net that has seen mean-grey squares during training
+    reads one over the background as "nothing there" instead of as an object edge, so occluding the object
+    is what lowers its prediction.
+    """
+    if _is_nhwc(x) or x.ndim != 4:
+        raise ValueError(f"random_erase expects float (B, C, H, W) input, got {x.dtype} {x.shape}")
+    x = np.array(x, copy=True)
+    B, _, H, W = x.shape
+    u = rng.random((B, 4))  # [apply, side, centre row, centre column]: a fixed number of draws per image
+    lo, hi = min_side * min(H, W), max_side * min(H, W)
+    sides = np.maximum(1, np.rint(lo + u[:, 1] * (hi - lo))).astype(np.int64)
+    cy, cx = (u[:, 2] * H).astype(np.int64), (u[:, 3] * W).astype(np.int64)
+    for i in np.nonzero(u[:, 0] < p)[0]:
+        y0, x0 = cy[i] - sides[i] // 2, cx[i] - sides[i] // 2
+        x[i, :, max(0, y0):max(0, y0 + sides[i]), max(0, x0):max(0, x0 + sides[i])] = 0
     return x
 
 

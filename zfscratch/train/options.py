@@ -19,7 +19,7 @@ DEFAULTS = dict(
 )
 #: options that a resumed run may change; every other option must match the checkpoint
 RESUME_MAY_CHANGE = ("epochs", "snapshots", "checkpoint_every", "eval_batch")
-AUGMENTS = ("flip", "crop")
+AUGMENTS = ("flip", "crop", "erase")
 LR_SCHEDULES = ("plateau", "cosine")
 
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5_acc",

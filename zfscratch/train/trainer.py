@@ -238,14 +238,14 @@ class Trainer:
         self.sums = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
         self.history, self.elapsed_before, self.cpu_before = [], 0.0, 0.0
         from zfscratch.data import BatchIterator
-        flip, crop = "flip" in cfg["augment"], "crop" in cfg["augment"]
+        flip, crop, erase = ("flip" in cfg["augment"], "crop" in cfg["augment"], "erase" in cfg["augment"])
         w = self.world
         # augmentation and dropout keyed by (seed, epoch, global sample index): the same draws for
         # any number of ranks; each rank takes its share of every global batch
         self.it = BatchIterator(self.train, cfg["batch"] // w.size, shuffle=True, seed=cfg["seed"], rank=w.rank,
                                 world_size=w.size, sample_keys=True, return_indices=True,
                                 yield_empty=w.distributed,
-                                transform=lambda imgs, rng: self.prep.augment(imgs, rng, flip=flip, crop=crop))
+                                transform=lambda imgs, rng: self.prep.augment(imgs, rng, flip=flip, crop=crop, erase=erase))
         self.reducer = None
         if w.distributed:
             from zfscratch.distributed import GradientReducer
