@@ -37,6 +37,9 @@ def _tiny(monkeypatch):
 def tiny_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     _tiny(mp)
+    # every figure of the report must be legible as drawn (text >= 12 px on screen), not only after the
+    # save-time enlargement: strict mode turns a too-small text into a failed stage
+    mp.setenv("ZFSCRATCH_STRICT_FIGURES", "1")
     out = tmp_path_factory.mktemp("run") / "report"
     lines = []
     try:

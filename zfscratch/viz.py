@@ -136,11 +136,11 @@ def mosaic_figure(mosaic, path, title=None, caption_text=None, scale=1.0, dpi=10
     ax.imshow(np.clip(mosaic, 0, 1), interpolation="nearest")
     ax.set_axis_off()
     for x, y, text in labels:
-        ax.text(x, y, text, fontsize=7, color="black", va="bottom", ha="left")
+        ax.text(x, y, text, fontsize=9, color="black", va="bottom", ha="left")
     if title:
         ax.set_title(title, fontsize=10)
     if caption_text:
-        fig.text(0.0, -0.01, caption_text, fontsize=7, va="top", ha="left", wrap=True)
+        fig.text(0.0, -0.01, caption_text, fontsize=9, va="top", ha="left", wrap=True)
     return save_png(fig, path)
 
 

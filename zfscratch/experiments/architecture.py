@@ -173,7 +173,7 @@ def compare(models, val_set, out_dir, dead_threshold=0.05, fft_size=64, probe_im
 def plot_architecture(out, grids, path, title="Fig 6: first-layer comparison (same training budget)"):
     labels = list(out["models"])
     n = len(labels)
-    fig = S.figure(15, 4.6 * n)
+    fig = S.figure(11.2, 3.6 * n)  # the report's width at 100 dpi: shown at natural size
     gs = fig.add_gridspec(n, 3, width_ratios=[1, 1, 1.1], wspace=0.25, hspace=0.3)
     for r, label in enumerate(labels):
         st = out["models"][label]
@@ -198,11 +198,11 @@ def plot_architecture(out, grids, path, title="Fig 6: first-layer comparison (sa
         vals = [out["models"][label][k] for k, _ in keys]
         bars = ax.bar(xs + (i - (n - 1) / 2) * wd, vals, wd, label=label)
         for b, v in zip(bars, vals):
-            ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.01, f"{v:.2f}", ha="center", fontsize=7)
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.01, f"{v:.2f}", ha="center", fontsize=9)
     ax.set_xticks(xs)
-    ax.set_xticklabels([t for _, t in keys], fontsize=8)
+    ax.set_xticklabels([t for _, t in keys], fontsize=9)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=10)
     return S.save_figure(fig, path)

@@ -123,32 +123,32 @@ def plot_attribution(images, maps, row_labels, path, title=None, rules=RULES):
     cols = 1 + 2 * len(rules)
     height = 1.55 * n + 1.1
     fig = S.figure(1.45 * cols, height)
-    gs = fig.add_gridspec(n, cols, left=0.02, right=0.98, top=1 - 0.78 / height, bottom=0.3 / height,
+    gs = fig.add_gridspec(n, cols, left=0.02, right=0.98, top=1 - 0.78 / height, bottom=0.05 / height,
                           wspace=0.05, hspace=0.25)
     from zfscratch.viz import to_display
     for i in range(n):
         ax = fig.add_subplot(gs[i, 0])
         ax.imshow(np.clip(images[i], 0, 1), interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
-        ax.set_ylabel(row_labels[i], fontsize=7)
+        ax.set_ylabel(row_labels[i], fontsize=9)
         if i == 0:
-            ax.set_title("input", fontsize=8)
+            ax.set_title("input", fontsize=9)
         for j, r in enumerate(rules):
             ax = fig.add_subplot(gs[i, 1 + j])
             ax.imshow(to_display(maps[r][i]) if maps[r].shape[1] == 3 else to_display(maps[r][i])[..., 0],
                       cmap=None if maps[r].shape[1] == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_axis_off()
             if i == 0:
-                ax.set_title(f"{TITLES[r]}\nsigned", fontsize=8)
+                ax.set_title(f"{TITLES[r]}\nsigned", fontsize=9)
             ax = fig.add_subplot(gs[i, 1 + len(rules) + j])
             ax.imshow(abs_display(magnitude(maps[r][i])), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_axis_off()
             if i == 0:
-                ax.set_title(f"{TITLES[r]}\n|r|", fontsize=8)
+                ax.set_title(f"{TITLES[r]}\n|r|", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9, y=1 - 0.08 / height)
-    fig.text(0.01, 0.005, "signed: 0.5 + 0.5*r/max|r| per map (grey = 0, RGB, sign kept); |r|: " + ABS_CAPTION
-             + ". Unit seed (value 1) at the chosen unit.", fontsize=6, va="bottom", ha="left", wrap=True)
+    fig.text(0.01, 0.0, "signed: 0.5 + 0.5*r/max|r| per map (grey = 0, RGB, sign kept); |r|: " + ABS_CAPTION
+             + ". Unit seed (value 1) at the chosen unit.", fontsize=9, va="top", ha="left", wrap=True)
     return S.save_figure(fig, path, dpi=110)
 
 
@@ -308,16 +308,16 @@ def plot_sanity_maps(res, images, path, mode="cascade", rules=RULES, title=None)
                 if k == 0:
                     ax.imshow(np.clip(images[i], 0, 1), interpolation="nearest")
                     ax.set_xticks([]), ax.set_yticks([])
-                    ax.set_ylabel(TITLES[r], fontsize=7)
+                    ax.set_ylabel(TITLES[r], fontsize=9)
                 else:
                     ax.imshow(abs_display(tiles[k]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                     ax.set_axis_off()
                 if row == 0:
-                    ax.set_title(heads[k], fontsize=7)
+                    ax.set_title(heads[k], fontsize=9)
     what = ("cascading randomization from the top: each column randomizes one more layer (fc8 first)"
             if mode == "cascade" else "independent randomization: each column randomizes only that layer")
-    fig.suptitle(title or f"Sanity check, {what}", fontsize=8)
-    fig.text(0.01, 0.005, f"Maps of the trained model's predicted class; {ABS_CAPTION}.", fontsize=6,
+    fig.suptitle(title or f"Sanity check, {what}", fontsize=9)
+    fig.text(0.01, 0.005, f"Maps of the trained model's predicted class; {ABS_CAPTION}.", fontsize=9,
              va="bottom", ha="left")
     return S.save_figure(fig, path, dpi=110)
 
@@ -342,16 +342,16 @@ def plot_sanity_metrics(res, path, rules=RULES, n_images=None):
                 ax.fill_between(xs, mean - std, mean + std, color=COLOURS[r], alpha=0.15)
             ax.axhline(0, color="grey", lw=0.6)
             ax.set_xticks(xs)
-            ax.set_xticklabels(labels, rotation=45, fontsize=7)
+            ax.set_xticklabels(labels, rotation=45, fontsize=9)
             ax.set_ylim(-0.3 if metric == "spearman" else -0.05, 1.05)
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel("Spearman rank correlation\nof |map| with trained" if metric == "spearman"
-                              else "SSIM of |map|\nwith trained", fontsize=8)
+                              else "SSIM of |map|\nwith trained", fontsize=9)
             if row == 0:
                 ax.set_title("cascading randomization (top layer first)" if mode == "cascade"
                              else "independent randomization (one layer)", fontsize=9)
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=9)
     n = n_images or len(res["classes"])
     fig.suptitle(f"Sanity checks over {n} images: mean +- std (band); a rule that explains the model should fall "
                  "towards 0 as its weights are randomized", fontsize=9)

@@ -329,7 +329,7 @@ def plot_correspondence(out, x0, pre, part_masks, rand_masks, path):
         edge = m & ~inner
         show[edge] = [1.0, 0.1, 0.1]
         ax.imshow(show, interpolation="nearest")
-        ax.set_title(f"{p}\n(red: a random occluder)", fontsize=8)
+        ax.set_title(f"{p}\n(red: a random occluder)", fontsize=9)
         ax.set_axis_off()
     ax = fig.add_subplot(gs[0, k])
     ax.set_axis_off()

@@ -173,10 +173,10 @@ def evolution_figure(rows, tiles, values, epochs, path, scope="image", n_images=
     """Rows (layer, map), columns epochs; each tile a cropped projection. Returns the path."""
     nr, nc = len(rows), len(epochs)
     cell = 1.0
-    height = 0.9 + nr * cell + 0.5
+    height = 0.9 + nr * cell + 0.1
     fig = viz.new_figure(1.2 + nc * cell, height)
     gs = fig.add_gridspec(nr, nc, left=0.12, right=0.99, top=1 - 0.75 / height,
-                          bottom=0.5 / height, wspace=0.05, hspace=0.08)
+                          bottom=0.05 / height, wspace=0.05, hspace=0.08)
     for i, r in enumerate(rows):
         disp = viz.to_display(np.stack(tiles[r]), scope)
         for j, ep in enumerate(epochs):
@@ -185,16 +185,17 @@ def evolution_figure(rows, tiles, values, epochs, path, scope="image", n_images=
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"epoch {ep}", fontsize=8)
+                ax.set_title(f"epoch {ep}", fontsize=9)
             if j == 0:
-                ax.set_ylabel(f"{r[0]}\nmap {r[1]}", fontsize=7)
-            ax.text(0.02, 0.02, f"{values[r][j]:.2g}", transform=ax.transAxes, fontsize=5, color="yellow",
+                ax.set_ylabel(f"{r[0]}\nmap {r[1]}", fontsize=9)
+            ax.text(0.02, 0.02, f"{values[r][j]:.2g}", transform=ax.transAxes, fontsize=9, color="yellow",
                     va="bottom", ha="left")
     seen = f" over the first {n_images} images" if n_images else ""
-    fig.suptitle("Feature evolution during training:\nstrongest projection per map", fontsize=9,
+    fig.suptitle("Feature evolution during training:\nstrongest projection per map", fontsize=10,
                  y=1 - 0.05 / height, va="top")
-    fig.text(0.01, 0.01, f"Each tile: DeconvNet projection of the map's strongest activation{seen} at that "
+    # below the tiles (va="top" under y=0): the tight bounding box grows to the wrapped caption's height
+    fig.text(0.01, 0.0, f"Each tile: DeconvNet projection of the map's strongest activation{seen} at that "
              f"epoch, cropped to its receptive field; number = activation. "
              f"{viz.caption(scope).replace('the whole grid', 'each row')}.",
-             fontsize=6, va="bottom", ha="left", wrap=True)
+             fontsize=9, va="top", ha="left", wrap=True)
     return viz.save_png(fig, path)

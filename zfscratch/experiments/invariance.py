@@ -369,7 +369,7 @@ def plot_invariance(out, names, path, max_angle=None):
     """3x3 grid (rows: translation, scale, rotation; columns: layer-1 distance, penultimate distance,
     P(true)) plus a wide bottom row: accuracy and mean P(true) vs rotation angle."""
     layers = out["layers"]
-    fig = S.figure(15, 17)
+    fig = S.figure(11.2, 14)  # the report's width at 100 dpi: shown at natural size, 9-pt text = 12.5 px
     gs = fig.add_gridspec(4, 3, height_ratios=[1, 1, 1, 1.25], hspace=0.45, wspace=0.28,
                           top=0.96, bottom=0.04)
     cmap = S.colormap("tab10")
@@ -386,13 +386,13 @@ def plot_invariance(out, names, path, max_angle=None):
                 ax.plot(v, curves[i], "-o", ms=2.5, lw=1.2, color=cmap(i % 10), label=lab[i])
             if key == "prob_true":
                 ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel(_XLABEL[k], fontsize=8)
+            ax.set_xlabel(_XLABEL[k], fontsize=9)
             ax.set_title(f"{k}: {title}", fontsize=9)
             ax.grid(alpha=0.3)
             if k == "rotation":
                 ax.set_xticks(np.arange(0, 361, 60))
             if r == 0 and c == 2:
-                ax.legend(fontsize=7, loc="best")
+                ax.legend(fontsize=9, loc="best")
     ax = fig.add_subplot(gs[3, :])
     rot = out["summary"]["rotation"]
     a = np.asarray(out["values"]["rotation"])

@@ -225,14 +225,14 @@ def plot_layerwise(out, path):
     bars = ax.bar(xs + 0.2, [r["test_accuracy"] for r in rows], 0.4, label="held-out", color="tab:blue")
     for b, r in zip(bars, rows):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.01, f"{r['test_accuracy']:.0%}",
-                ha="center", fontsize=8)
+                ha="center", fontsize=9)
     ax.axhline(out["net_accuracy"], color="tab:red", ls="--", label=f"network {out['net_accuracy']:.1%}")
     ax.set_xticks(xs)
-    ax.set_xticklabels([f"{r['layer']}\n({r['dim']})" for r in rows], fontsize=8)
+    ax.set_xticklabels([f"{r['layer']}\n({r['dim']})" for r in rows], fontsize=9)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("accuracy of a linear softmax classifier")
     ax.set_title(f"Per-layer features (Table 7): conv layers {out['pool']}-pooled to {out['grid']}x{out['grid']}",
                  fontsize=10)
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
     return S.save_figure(fig, path)

@@ -129,11 +129,11 @@ def reconstruct_figure(cols, groups, names, classes, path, scope="image"):
     nr = first[0].shape[0]
     per = 1 + len(names)
     nc = per * len(groups)
-    fig = viz.new_figure(0.4 + nc * 1.05, 0.9 + nr * 1.15)
+    fig = viz.new_figure(0.4 + nc * 1.3, 0.9 + nr * 1.4)
     gs = fig.add_gridspec(nr, nc + len(groups) - 1,
                           width_ratios=sum(([1] * per + [0.15] for _ in groups), [])[:-1],
-                          left=0.02, right=0.99, top=1 - 0.5 / (0.9 + nr * 1.15),
-                          bottom=0.45 / (0.9 + nr * 1.15), wspace=0.05, hspace=0.35)
+                          left=0.02, right=0.99, top=1 - 0.5 / (0.9 + nr * 1.4),
+                          bottom=0.05 / (0.9 + nr * 1.4), wspace=0.05, hspace=0.35)
     layer_max = None
     if scope == "grid":  # one max per layer over every sample and background: strengths comparable
         layer_max = [max(float(np.abs(cols[bg][1][L]).max()) for bg in groups) for L in range(len(names))]
@@ -145,23 +145,23 @@ def reconstruct_figure(cols, groups, names, classes, path, scope="image"):
             ax.imshow(np.clip(disp[i], 0, 1), interpolation="nearest")
             pred = int(prob[i].argmax())
             ok = pred == int(labels[i])
-            ax.set_title(f"{bg}: {_name(classes, pred)} {prob[i, pred]:.2f}", fontsize=6,
+            ax.set_title(f"{bg}: {_name(classes, pred)} {prob[i, pred]:.2f}", fontsize=9,
                          color="black" if ok else "red")
             ax.set_xticks([])
             ax.set_yticks([])
             if g == 0:
-                ax.set_ylabel(f"#{i}: {_name(classes, int(labels[i]))}", fontsize=6)
+                ax.set_ylabel(f"#{i}: {_name(classes, int(labels[i]))}", fontsize=9)
             for L, nm in enumerate(names):
                 ax = fig.add_subplot(gs[i, c0 + 1 + L])
                 tile = viz.to_display(recs[L][i], scope, max_abs=None if layer_max is None else layer_max[L])
                 ax.imshow(tile, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.set_title(nm, fontsize=6)
+                ax.set_title(nm, fontsize=9)
     fig.suptitle("DeconvNet reconstructions of layers " + ", ".join(names) + " with and without "
-                 "coloured background", fontsize=9)
-    fig.text(0.01, 0.005, "Input titles: background, predicted class and its probability (red: wrong); "
+                 "coloured background", fontsize=10)
+    fig.text(0.01, 0.0, "Input titles: background, predicted class and its probability (red: wrong); "
              "row labels: true class. Each reconstruction projects all activations of the layer. "
              f"{viz.caption(scope).replace('the whole grid', 'each layer (all samples, both backgrounds)')}.",
-             fontsize=6, va="bottom", ha="left", wrap=True)
+             fontsize=9, va="top", ha="left", wrap=True)  # below the tiles; the tight box grows to it
     return viz.save_png(fig, path)

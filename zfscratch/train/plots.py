@@ -55,14 +55,14 @@ def plot_confusion(conf, classes, path, title="confusion matrix"):
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     ax.set_xticks(range(k)), ax.set_yticks(range(k))
-    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticklabels(classes, fontsize=8)
+    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=9)
+    ax.set_yticklabels(classes, fontsize=9)
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     if k <= 20:
         for i in range(k):
             for j in range(k):
                 if conf[i, j]:
-                    ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=6,
+                    ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=9,
                             color="white" if frac[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=9)
     _save_fig(fig, path)

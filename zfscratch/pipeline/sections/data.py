@@ -40,7 +40,7 @@ def stage_data(ctx, cfg):
             if k < len(src):
                 ax.imshow(src[k], interpolation="nearest")
         if classes:
-            axes[r, 0].set_title(classes[int(labs[0])], fontsize=8, loc="left")
+            axes[r, 0].set_title(classes[int(labs[0])], fontsize=9, loc="left")
     if coloured:
         fig.suptitle("left: training images (plain background); right: the same objects on the coloured "
                      "background (used by the reconstruction section)", fontsize=9, y=1 - 0.1 / height)
