@@ -245,7 +245,8 @@ class Trainer:
         self.it = BatchIterator(self.train, cfg["batch"] // w.size, shuffle=True, seed=cfg["seed"], rank=w.rank,
                                 world_size=w.size, sample_keys=True, return_indices=True,
                                 yield_empty=w.distributed,
-                                transform=lambda imgs, rng: self.prep.augment(imgs, rng, flip=flip, crop=crop, erase=erase))
+                                transform=lambda imgs, rng: self.prep.augment(imgs, rng, flip=flip, crop=crop,
+                                                                              erase=erase))
         self.reducer = None
         if w.distributed:
             from zfscratch.distributed import GradientReducer
