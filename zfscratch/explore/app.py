@@ -63,17 +63,75 @@ def _is_ip_literal(hostport):
         return False
 
 
-def create_app(engine, host="127.0.0.1", port=None):
-    """The Flask app serving ``engine``; ``host``/``port``: the bound address (Host header check;
-    ``port=None`` skips the check, for tests that use the test client's own host)."""
-    from flask import Flask, jsonify, request, send_from_directory
-    from werkzeug.exceptions import HTTPException
+# ---------------------------------------------------------------- request arguments
+# flask is imported inside these functions: it is an optional extra, and importing this module must
+# not need it (``zfscratch explore`` says how to install it).
 
-    app = Flask("zfscratch.explore", static_folder=STATIC, static_url_path="/static")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES + 64 * 1024  # multipart overhead
-    hosts = allowed_hosts(host, port) if port is not None else "any"
-    sweeps = {}  # last sweep overlays by parameters (a few kept)
-    sweeps_lock = threading.Lock()
+def _arg_int(name, default=None, lo=None, hi=None):
+    """Query parameter ``name`` as an int in ``[lo, hi]`` (None: unbounded); ``default`` None: required.
+
+    Raises
+    ------
+    ApiError
+        missing (without a default), not an integer, or out of range.
+    """
+    from flask import request
+
+    v = request.args.get(name)
+    if v is None or v == "":
+        if default is None:
+            raise ApiError(f"missing parameter {name!r}")
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise ApiError(f"parameter {name}={v[:20]!r}: expected an integer") from None
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        raise ApiError(f"parameter {name}={n}: expected {lo}..{hi}")
+    return n
+
+
+def _arg_float(name, default):
+    """Query parameter ``name`` as a finite float (``default`` when absent); ApiError otherwise."""
+    from flask import request
+
+    v = request.args.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        f = float(v)
+    except ValueError:
+        raise ApiError(f"parameter {name}={v[:20]!r}: expected a number") from None
+    if f != f or f in (float("inf"), float("-inf")):
+        raise ApiError(f"parameter {name}: expected a finite number")
+    return f
+
+
+def _img():
+    """The ``img`` parameter: an image key (``d<index>`` or an upload's ``u<hex>``), never a path."""
+    from flask import request
+
+    return request.args.get("img", "")
+
+
+def _label():
+    """The ``label`` parameter: the true class, -1 (the default) when unknown."""
+    return _arg_int("label", -1)
+
+
+def _png(app, data):
+    """A PNG response of the bytes ``data``."""
+    return app.response_class(data, mimetype="image/png")
+
+
+# ---------------------------------------------------------------- guards: hosts, errors, headers
+def _install_host_check(app, hosts):
+    """Refuse requests whose ``Host`` is not this server's (DNS rebinding) and cross-origin POSTs.
+
+    ``hosts``: a set of accepted ``host:port`` values, None (any IP literal: a wildcard bind) or
+    ``"any"`` (no check, for the test client).
+    """
+    from flask import jsonify, request
 
     @app.before_request
     def _check_host():
@@ -88,6 +146,13 @@ def create_app(engine, host="127.0.0.1", port=None):
             if origin and origin.split("://", 1)[-1].lower() != got:
                 return jsonify(error="refused: a POST from another origin"), 403
         return None
+
+
+def _install_error_handlers(app):
+    """Every error becomes JSON ``{"error": ...}``: 400 for bad input, the HTTP code, or 500 for a bug
+    (logged; the server keeps serving)."""
+    from flask import jsonify
+    from werkzeug.exceptions import HTTPException
 
     @app.errorhandler(UserError)  # ApiError and the library's own one-line errors
     def _api_error(e):
@@ -104,6 +169,9 @@ def create_app(engine, host="127.0.0.1", port=None):
         app.logger.exception("explore: internal error")
         return jsonify(error=f"internal error: {type(e).__name__}: {e}"), 500
 
+
+def _install_headers(app):
+    """Security headers on every response: no MIME sniffing, no caching, same-origin content only."""
     @app.after_request
     def _headers(resp):
         resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -112,40 +180,11 @@ def create_app(engine, host="127.0.0.1", port=None):
                                                    "style-src 'self'; script-src 'self'")
         return resp
 
-    def arg_int(name, default=None, lo=None, hi=None):
-        v = request.args.get(name)
-        if v is None or v == "":
-            if default is None:
-                raise ApiError(f"missing parameter {name!r}")
-            return default
-        try:
-            n = int(v)
-        except ValueError:
-            raise ApiError(f"parameter {name}={v[:20]!r}: expected an integer") from None
-        if (lo is not None and n < lo) or (hi is not None and n > hi):
-            raise ApiError(f"parameter {name}={n}: expected {lo}..{hi}")
-        return n
 
-    def arg_float(name, default):
-        v = request.args.get(name)
-        if v is None or v == "":
-            return default
-        try:
-            f = float(v)
-        except ValueError:
-            raise ApiError(f"parameter {name}={v[:20]!r}: expected a number") from None
-        if f != f or f in (float("inf"), float("-inf")):
-            raise ApiError(f"parameter {name}: expected a finite number")
-        return f
-
-    def img():
-        return request.args.get("img", "")
-
-    def png(data):
-        return app.response_class(data, mimetype="image/png")
-
-    def label():
-        return arg_int("label", -1)
+# ---------------------------------------------------------------- routes, one group per panel of the page
+def _add_data_routes(app, engine):
+    """The page, the engine's info, the dataset browser, uploads and the input image."""
+    from flask import jsonify, request, send_from_directory
 
     @app.get("/")
     def index():
@@ -157,11 +196,11 @@ def create_app(engine, host="127.0.0.1", port=None):
 
     @app.get("/api/dataset")
     def dataset():
-        return jsonify(engine.dataset_page(arg_int("cls", -1), arg_int("offset", 0), arg_int("limit", 48)))
+        return jsonify(engine.dataset_page(_arg_int("cls", -1), _arg_int("offset", 0), _arg_int("limit", 48)))
 
     @app.get("/api/thumb.png")
     def thumb():
-        return png(engine.thumbnail(arg_int("i")))
+        return _png(app, engine.thumbnail(_arg_int("i")))
 
     @app.post("/api/upload")
     def upload():
@@ -173,23 +212,28 @@ def create_app(engine, host="127.0.0.1", port=None):
 
     @app.get("/api/image.png")
     def image():
-        return png(engine.image_png(img()))
+        return _png(app, engine.image_png(_img()))
+
+
+def _add_feature_routes(app, engine):
+    """Predictions, feature maps, DeconvNet projections, the top-9 over the data and the filters."""
+    from flask import jsonify, request
 
     @app.get("/api/predict")
     def predict():
-        return jsonify(engine.predict(img(), label()))
+        return jsonify(engine.predict(_img(), _label()))
 
     @app.get("/api/maps")
     def maps():
-        return jsonify(engine.maps(img(), arg_int("layer"))[0])
+        return jsonify(engine.maps(_img(), _arg_int("layer"))[0])
 
     @app.get("/api/maps.png")
     def maps_png():
-        return png(engine.maps(img(), arg_int("layer"))[1])
+        return _png(app, engine.maps(_img(), _arg_int("layer"))[1])
 
     def _project():
-        return engine.project(img(), arg_int("layer"), arg_int("map"), request.args.get("mode", "max"),
-                              crop=arg_int("crop", 0, 0, 1) == 1)
+        return engine.project(_img(), _arg_int("layer"), _arg_int("map"), request.args.get("mode", "max"),
+                              crop=_arg_int("crop", 0, 0, 1) == 1)
 
     @app.get("/api/project")
     def project():
@@ -197,25 +241,44 @@ def create_app(engine, host="127.0.0.1", port=None):
 
     @app.get("/api/project.png")
     def project_png():
-        return png(_project()[1])
+        return _png(app, _project()[1])
 
     @app.get("/api/topk")
     def topk():
-        return jsonify(engine.topk_info(arg_int("layer"), arg_int("map")))
+        return jsonify(engine.topk_info(_arg_int("layer"), _arg_int("map")))
 
     @app.get("/api/topk.png")
     def topk_png():
-        return png(engine.topk_png(arg_int("layer"), arg_int("map")))
+        return _png(app, engine.topk_png(_arg_int("layer"), _arg_int("map")))
+
+    @app.get("/api/filters.png")
+    def filters_png():
+        return _png(app, engine.filters_png())
+
+
+def _add_occlusion_routes(app, engine):
+    """One occluder position, and the whole sweep: its summary and its overlay PNG.
+
+    The page asks for the summary, then the overlay with the same parameters: the last few overlays are
+    kept (by parameters) so the PNG does not recompute the sweep.
+    """
+    from flask import jsonify
+
+    sweeps = {}  # last sweep overlays by parameters (a few kept)
+    sweeps_lock = threading.Lock()
+
+    def sweep_args():
+        return (_img(), _arg_int("size"), _arg_int("stride"), _arg_int("layer", len(engine.layer_names)),
+                _arg_int("map", -1), _label())
 
     @app.get("/api/occlude")
     def occlude():
-        return jsonify(engine.occlude(img(), arg_int("y"), arg_int("x"), arg_int("size"),
-                                      arg_int("layer", len(engine.layer_names)), arg_int("map", -1), label()))
+        return jsonify(engine.occlude(_img(), _arg_int("y"), _arg_int("x"), _arg_int("size"),
+                                      _arg_int("layer", len(engine.layer_names)), _arg_int("map", -1), _label()))
 
     @app.get("/api/sweep")
     def sweep():
-        args = (img(), arg_int("size"), arg_int("stride"), arg_int("layer", len(engine.layer_names)),
-                arg_int("map", -1), label())
+        args = sweep_args()
         summary, data = engine.sweep(*args)
         with sweeps_lock:
             sweeps[args] = data
@@ -225,27 +288,42 @@ def create_app(engine, host="127.0.0.1", port=None):
 
     @app.get("/api/sweep.png")
     def sweep_png():
-        args = (img(), arg_int("size"), arg_int("stride"), arg_int("layer", len(engine.layer_names)),
-                arg_int("map", -1), label())
+        args = sweep_args()
         with sweeps_lock:
             data = sweeps.get(args)
         if data is None:
             data = engine.sweep(*args)[1]
-        return png(data)
+        return _png(app, data)
+
+
+def _add_invariance_routes(app, engine):
+    """The invariance curves under a shift, scale and rotation of the image, and the transformed image."""
+    from flask import jsonify
 
     def _tf():
-        return arg_float("shift", 0.0), arg_float("scale", 1.0), arg_float("rotation", 0.0)
+        return _arg_float("shift", 0.0), _arg_float("scale", 1.0), _arg_float("rotation", 0.0)
 
     @app.get("/api/invariance")
     def invariance():
-        return jsonify(engine.invariance(img(), *_tf(), label=label()))
+        return jsonify(engine.invariance(_img(), *_tf(), label=_label()))
 
     @app.get("/api/warp.png")
     def warp_png():
-        return png(engine.warp_png(img(), *_tf()))
+        return _png(app, engine.warp_png(_img(), *_tf()))
 
-    @app.get("/api/filters.png")
-    def filters_png():
-        return png(engine.filters_png())
 
+def create_app(engine, host="127.0.0.1", port=None):
+    """The Flask app serving ``engine``; ``host``/``port``: the bound address (Host header check;
+    ``port=None`` skips the check, for tests that use the test client's own host)."""
+    from flask import Flask
+
+    app = Flask("zfscratch.explore", static_folder=STATIC, static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES + 64 * 1024  # multipart overhead
+    _install_host_check(app, allowed_hosts(host, port) if port is not None else "any")
+    _install_error_handlers(app)
+    _install_headers(app)
+    _add_data_routes(app, engine)
+    _add_feature_routes(app, engine)
+    _add_occlusion_routes(app, engine)
+    _add_invariance_routes(app, engine)
     return app
