@@ -148,6 +148,51 @@ def predict_linear(clf, mean, std, x, batch=1024):
     return np.concatenate(out).argmax(1)
 
 
+def _check_labels(ytr, yte, k):
+    """UserError when a split's labels fall outside the model's ``k`` classes."""
+    for y, what in ((ytr, "training"), (yte, "test")):
+        if y.size and (y.min() < 0 or y.max() >= k):
+            raise UserError(f"layerwise: {what} labels span [{y.min()}, {y.max()}] but the model has {k} classes")
+
+
+def _classifier_rows(layers, ftr, ytr, fte, yte, k, sgd, seed, progress, world):
+    """One linear classifier per layer, trained on ``ftr[layer] (N, D)`` / ``ytr`` and scored on both
+    splits.
+
+    ``sgd`` = (epochs, lr, batch, weight_decay) of :func:`train_linear`. With an MPI ``world`` each
+    rank trains every ``world.size``-th layer and the rows are gathered (every rank returns all).
+
+    Returns
+    -------
+    list of {"layer", "dim", "train_accuracy", "test_accuracy"} in the order of ``layers``.
+    """
+    epochs, lr, clf_batch, weight_decay = sgd
+    rows = []
+    mine = layers[world.rank::world.size]
+    bar = S.progress_bar(len(mine), "linear classifiers", progress and world.is_root, unit="layer")
+    try:
+        for l in mine:
+            clf, mu, sd = train_linear(ftr[l], ytr, k, epochs, lr, clf_batch, weight_decay, seed)
+            tr = float((predict_linear(clf, mu, sd, ftr[l]) == ytr).mean())
+            te = float((predict_linear(clf, mu, sd, fte[l]) == yte).mean())
+            rows.append({"layer": l, "dim": int(ftr[l].shape[1]), "train_accuracy": tr, "test_accuracy": te})
+            bar.update(1)
+    finally:
+        bar.close()
+    if world.distributed:
+        got = {r["layer"]: r for part in world.allgather(rows, what="gathering classifier rows") for r in part}
+        rows = [got[l] for l in layers]
+    return rows
+
+
+def _table_markdown(rows, net_acc):
+    """The Table 7 rows as Markdown, with the network's own accuracy as the last row."""
+    md = ["| layer | features | train acc. | test acc. |", "|---|---|---|---|"]
+    md += [f"| {r['layer']} | {r['dim']} | {r['train_accuracy']:.2%} | {r['test_accuracy']:.2%} |" for r in rows]
+    md.append(f"| network (softmax) | - | - | {net_acc:.2%} |")
+    return "\n".join(md)
+
+
 def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool="max", epochs=10,
               lr=0.05, clf_batch=64, weight_decay=1e-4, n_train=None, n_test=None, batch=64, seed=0,
               progress=True, name="layerwise", world=None):
@@ -178,31 +223,13 @@ def layerwise(net, meta, train_set, test_set, out_dir, layers=None, grid=4, pool
                                    "features (train)", world=world)
     fte, yte, logits = extract_features(net, pre, test_set, layers, grid, pool, batch, n_test, progress,
                                         "features (test)", world=world)
-    for y, what in ((ytr, "training"), (yte, "test")):
-        if y.size and (y.min() < 0 or y.max() >= k):
-            raise UserError(f"layerwise: {what} labels span [{y.min()}, {y.max()}] but the model has {k} classes")
+    _check_labels(ytr, yte, k)
     net_acc = float((logits.argmax(1) == yte).mean())
-    rows = []
-    mine = layers[world.rank::world.size]
-    bar = S.progress_bar(len(mine), "linear classifiers", progress and world.is_root, unit="layer")
-    try:
-        for l in mine:
-            clf, mu, sd = train_linear(ftr[l], ytr, k, epochs, lr, clf_batch, weight_decay, seed)
-            tr = float((predict_linear(clf, mu, sd, ftr[l]) == ytr).mean())
-            te = float((predict_linear(clf, mu, sd, fte[l]) == yte).mean())
-            rows.append({"layer": l, "dim": int(ftr[l].shape[1]), "train_accuracy": tr, "test_accuracy": te})
-            bar.update(1)
-    finally:
-        bar.close()
-    if world.distributed:
-        got = {r["layer"]: r for part in world.allgather(rows, what="gathering classifier rows") for r in part}
-        rows = [got[l] for l in layers]
-    md = ["| layer | features | train acc. | test acc. |", "|---|---|---|---|"]
-    md += [f"| {r['layer']} | {r['dim']} | {r['train_accuracy']:.2%} | {r['test_accuracy']:.2%} |" for r in rows]
-    md.append(f"| network (softmax) | - | - | {net_acc:.2%} |")
+    rows = _classifier_rows(layers, ftr, ytr, fte, yte, k, (epochs, lr, clf_batch, weight_decay), seed,
+                            progress, world)
     out = {"experiment": "layerwise", "rows": rows, "net_accuracy": net_acc, "n_train": int(len(ytr)),
            "n_test": int(len(yte)), "grid": grid, "pool": pool, "epochs": epochs, "lr": lr,
-           "weight_decay": weight_decay, "table_markdown": "\n".join(md),
+           "weight_decay": weight_decay, "table_markdown": _table_markdown(rows, net_acc),
            "features": f"conv layers {pool}-pooled to {grid}x{grid} cells; fc layers as they are; "
                        "standardized with training-split mean/std"}
     fig_path = safe_join(out_dir, safe_name(name, what="--name") + ".png")
