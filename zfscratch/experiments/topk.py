@@ -324,6 +324,59 @@ def crop(a, box):
     return a[y0:y1, x0:x1]
 
 
+def _chosen_maps(state, names, maps, by):
+    """{layer: [map indices]} to project for each of ``names``: from a dict, a list used for every
+    layer, or the ``maps`` strongest of each (:meth:`TopK.strongest_maps`); ValueError for a layer
+    not searched or a map out of range."""
+    chosen = {}
+    for name in names:
+        if name not in state.layers:
+            raise ValueError(f"layer {name} was not searched (searched: {', '.join(state.layers)})")
+        if isinstance(maps, dict):
+            chosen[name] = [int(m) for m in maps.get(name, maps.get(str(name), []))]
+        elif isinstance(maps, (list, tuple, np.ndarray)):
+            chosen[name] = [int(m) for m in maps]
+        else:
+            chosen[name] = state.strongest_maps(name, int(maps), by=by)
+        nmaps = state.value[name].shape[1]
+        bad = [m for m in chosen[name] if not 0 <= m < nmaps]
+        if bad:
+            raise ValueError(f"layer {name} has maps 0..{nmaps - 1}; got {bad}")
+    return chosen
+
+
+def _project_layer(net, source, state, name, maps, batch):
+    """The record of one layer (see :func:`topk_project`) for its shown ``maps``.
+
+    Every kept entry of those maps is projected in one batched DeconvNet call; each image is loaded
+    once, however many entries it holds. Returns ``(rec, n)`` with ``n`` the number of projections.
+    """
+    units, owner = [], []
+    for mi, m in enumerate(maps):
+        for (img, yy, xx, v) in state.entries(name, m):
+            units.append((img, m, yy, xx))
+            owner.append(mi)
+    rec = {"maps": maps, "entries": [state.entries(name, m) for m in maps],
+           "rf": deconv.receptive_field(net, name), "proj": [[] for _ in maps],
+           "patches": [[] for _ in maps], "boxes": [[] for _ in maps]}
+    if not units:
+        return rec, 0
+    units = np.asarray(units, np.int64)
+    uniq, local = np.unique(units[:, 0], return_inverse=True)
+    x, _ = source.load(uniq)
+    disp = source.display(x)
+    lu = units.copy()
+    lu[:, 0] = local  # dataset index -> row of x
+    proj, _ = deconv.project_activation(net, x, name, lu, batch=batch)
+    hw = x.shape[2:]
+    for j, (mi, u) in enumerate(zip(owner, lu)):
+        box = deconv.patch_box(net, name, u[2], u[3], image_size=hw)
+        rec["proj"][mi].append(crop(proj[j], box))
+        rec["patches"][mi].append(crop(disp[u[0]], box))
+        rec["boxes"][mi].append(box)
+    return rec, len(units)
+
+
 def topk_project(net, source, state, layers=None, maps=16, by="max", batch=64, progress=True):
     """Pass 2: project the kept activations of the shown maps and crop projections and image patches.
 
@@ -343,49 +396,14 @@ def topk_project(net, source, state, layers=None, maps=16, by="max", batch=64, p
     if not isinstance(source, ImageSource):
         source = ImageSource(source)
     names = list(state.layers) if layers is None else [deconv.layer_name(net, l) for l in layers]
-    out = {}
-    chosen = {}
-    for name in names:
-        if name not in state.layers:
-            raise ValueError(f"layer {name} was not searched (searched: {', '.join(state.layers)})")
-        if isinstance(maps, dict):
-            chosen[name] = [int(m) for m in maps.get(name, maps.get(str(name), []))]
-        elif isinstance(maps, (list, tuple, np.ndarray)):
-            chosen[name] = [int(m) for m in maps]
-        else:
-            chosen[name] = state.strongest_maps(name, int(maps), by=by)
-        nmaps = state.value[name].shape[1]
-        bad = [m for m in chosen[name] if not 0 <= m < nmaps]
-        if bad:
-            raise ValueError(f"layer {name} has maps 0..{nmaps - 1}; got {bad}")
+    chosen = _chosen_maps(state, names, maps, by)
     total = sum(len(chosen[n]) * state.k for n in names)
     bar = _progress(total, "top-k projections", progress, unit="proj")
+    out = {}
     for name in names:
-        units, owner = [], []
-        for mi, m in enumerate(chosen[name]):
-            for (img, yy, xx, v) in state.entries(name, m):
-                units.append((img, m, yy, xx))
-                owner.append(mi)
-        rec = {"maps": chosen[name], "entries": [state.entries(name, m) for m in chosen[name]],
-               "rf": deconv.receptive_field(net, name), "proj": [[] for _ in chosen[name]],
-               "patches": [[] for _ in chosen[name]], "boxes": [[] for _ in chosen[name]]}
-        if units:
-            units = np.asarray(units, np.int64)
-            uniq, local = np.unique(units[:, 0], return_inverse=True)
-            x, _ = source.load(uniq)
-            disp = source.display(x)
-            lu = units.copy()
-            lu[:, 0] = local
-            proj, _ = deconv.project_activation(net, x, name, lu, batch=batch)
-            hw = x.shape[2:]
-            for j, (mi, u) in enumerate(zip(owner, lu)):
-                box = deconv.patch_box(net, name, u[2], u[3], image_size=hw)
-                rec["proj"][mi].append(crop(proj[j], box))
-                rec["patches"][mi].append(crop(disp[u[0]], box))
-                rec["boxes"][mi].append(box)
-            if bar is not None:
-                bar.update(len(units))
-        out[name] = rec
+        out[name], done = _project_layer(net, source, state, name, chosen[name], batch)
+        if done and bar is not None:
+            bar.update(done)
     if bar is not None:
         bar.close()
     return out
@@ -485,6 +503,30 @@ def gather_topk(state, world):
     return out
 
 
+def _layer_summary(rec, state, name, path):
+    """The JSON entry of one layer in :func:`run_topk`'s result (``rec`` from :func:`topk_project`,
+    ``path`` its figure)."""
+    top0 = state.value[name][0]
+    return {
+        "figure": path, "maps": rec["maps"], "rf": list(rec["rf"]),
+        "top_values": [[e[3] for e in ent] for ent in rec["entries"]],
+        "top_images": [[e[0] for e in ent] for ent in rec["entries"]],
+        # a map whose strongest activation is not positive never fired on these images
+        "dead_fraction": float(np.mean(~(top0 > 0))), "num_maps": int(top0.size),
+    }
+
+
+def _write_figures(recs, state, out_dir, maps, k, scope, ncols, n):
+    """One ``topk_<layer>.png`` per layer of ``recs``; returns {layer: :func:`_layer_summary`}."""
+    layers = {}
+    for name, rec in recs.items():
+        path = safe_join(out_dir, "topk_" + safe_name(name) + ".png")
+        note = None if isinstance(maps, (int, np.integer)) else "Maps: as listed."
+        topk_figure(name, rec, path, k=k, scope=scope, ncols=ncols, n_images=n, maps_note=note)
+        layers[name] = _layer_summary(rec, state, name, path)
+    return layers
+
+
 def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, images=None,
              batch=128, scope="image", preprocess=None, by="max", progress=True, ncols=4, world=None):
     """Fig 2 end to end: search, project, one PNG per layer, the state as ``topk.npz``.
@@ -533,17 +575,7 @@ def run_topk(net, meta, dataset, out_dir, layers=DEFAULT_LAYERS, maps=16, k=9, i
     result = {"images": n, "k": k, "search_s": t1 - t0, "project_s": t2 - t1,
               "images_per_s": n / max(t1 - t0, 1e-9), "scope": scope, "layers": {}, "ranks": world.size,
               "rank0_search_s": t_local}
-    for name, rec in recs.items():
-        path = safe_join(out_dir, "topk_" + safe_name(name) + ".png")
-        note = None if isinstance(maps, (int, np.integer)) else "Maps: as listed."
-        topk_figure(name, rec, path, k=k, scope=scope, ncols=ncols, n_images=n, maps_note=note)
-        top0 = state.value[name][0]
-        result["layers"][name] = {
-            "figure": path, "maps": rec["maps"], "rf": list(rec["rf"]),
-            "top_values": [[e[3] for e in ent] for ent in rec["entries"]],
-            "top_images": [[e[0] for e in ent] for ent in rec["entries"]],
-            "dead_fraction": float(np.mean(~(top0 > 0))), "num_maps": int(top0.size),
-        }
+    result["layers"] = _write_figures(recs, state, out_dir, maps, k, scope, ncols, n)
     result["state"] = state.save(os.path.join(out_dir, "topk.npz"))
     from zfscratch.io import atomic_write_text
     from zfscratch.util.jsonio import dumps
