@@ -52,6 +52,65 @@ def predict(net, x, batch=64):
     return np.concatenate(outs) if outs else np.zeros((0, 0))
 
 
+def _shown_images(dataset, start, images, backgrounds):
+    """The sample objects shown: ``(idx, pairs)`` with ``idx`` their dataset indices and ``pairs``
+    {group: (uint8 (B, H, W, 3), labels (B,))} -- one group per background (:func:`render_pairs`),
+    or the images as they are (``"as given"``) for datasets without background modes."""
+    n = len(dataset)
+    if n == 0:
+        raise UserError("the dataset is empty")
+    idx = np.arange(start, min(n, start + int(images)))
+    if idx.size == 0:
+        raise UserError(f"--start {start} is past the end of the dataset ({n} images)")
+    pairs = render_pairs(dataset, idx, backgrounds)
+    if pairs is None:
+        imgs, labels = dataset.get_batch(idx)
+        pairs = {"as given": (imgs, np.asarray(labels))}
+    return idx, pairs
+
+
+def _columns(net, pairs, preprocess, names, batch):
+    """Per group of ``pairs``: ``(disp, recs, prob, labels)`` -- display images (B, H, W, 3) in
+    [0, 1], one reconstruction (B, C, H, W) per layer of ``names``, probabilities (B, K) and the
+    labels (what :func:`reconstruct_figure` draws)."""
+    cols = {}
+    for bg, (imgs, labels) in pairs.items():
+        x = np.ascontiguousarray(preprocess(imgs), np.float32)
+        prob = predict(net, x, batch)
+        recs = [deconv.reconstruct(net, x, nm, batch=batch) for nm in names]
+        disp = np.asarray(preprocess.deprocess(x)).astype(np.float64) / 255.0 if hasattr(
+            preprocess, "deprocess") else np.clip(np.moveaxis(x, 1, -1), 0, 1)
+        cols[bg] = (disp, recs, prob, labels)
+    return cols
+
+
+def _sample_rows(idx, cols, groups):
+    """Per shown sample: its index, label and, per group, the prediction and P(true)."""
+    rows = []
+    for i, di in enumerate(idx):
+        row = {"index": int(di), "label": int(cols[groups[0]][3][i])}
+        for bg in groups:
+            prob, labels = cols[bg][2], cols[bg][3]
+            row[bg] = {"pred": int(prob[i].argmax()), "p_true": float(prob[i, labels[i]])}
+        rows.append(row)
+    return rows
+
+
+def _background_scores(net, dataset, preprocess, backgrounds, ne, batch):
+    """``(accuracy, p_true)``: {group: float} over the first ``ne`` objects rendered on each
+    background (the images as they are for other datasets); empty dicts when ``ne`` is 0."""
+    acc, ptrue = {}, {}
+    if ne > 0:
+        eidx = np.arange(ne)
+        ep = render_pairs(dataset, eidx, backgrounds) or {"as given": dataset.get_batch(eidx)}
+        for bg, (imgs, labels) in ep.items():
+            prob = predict(net, np.ascontiguousarray(preprocess(imgs), np.float32), batch)
+            labels = np.asarray(labels)
+            acc[bg] = float((prob.argmax(1) == labels).mean())
+            ptrue[bg] = float(prob[np.arange(labels.size), labels].mean())
+    return acc, ptrue
+
+
 def run_reconstruct(net, meta, dataset, out, layers="1-3", images=4, start=0, eval_images=200,
                     backgrounds=BACKGROUNDS, scope="image", preprocess=None, batch=64):
     """The with/without-background reconstruction figure and its numbers.
@@ -76,45 +135,14 @@ def run_reconstruct(net, meta, dataset, out, layers="1-3", images=4, start=0, ev
         preprocess = Preprocess.from_meta(meta or {"config": net.config})
     names = deconv.parse_layers(net, layers)
     classes = list((meta or {}).get("classes") or [])
-    n = len(dataset)
-    if n == 0:
-        raise UserError("the dataset is empty")
-    idx = np.arange(start, min(n, start + int(images)))
-    if idx.size == 0:
-        raise UserError(f"--start {start} is past the end of the dataset ({n} images)")
-    pairs = render_pairs(dataset, idx, backgrounds)
-    if pairs is None:
-        imgs, labels = dataset.get_batch(idx)
-        pairs = {"as given": (imgs, np.asarray(labels))}
+    idx, pairs = _shown_images(dataset, start, images, backgrounds)
     groups = list(pairs)
-    rows = []
-    cols = {}
-    for bg in groups:
-        imgs, labels = pairs[bg]
-        x = np.ascontiguousarray(preprocess(imgs), np.float32)
-        prob = predict(net, x, batch)
-        recs = [deconv.reconstruct(net, x, nm, batch=batch) for nm in names]
-        disp = np.asarray(preprocess.deprocess(x)).astype(np.float64) / 255.0 if hasattr(
-            preprocess, "deprocess") else np.clip(np.moveaxis(x, 1, -1), 0, 1)
-        cols[bg] = (disp, recs, prob, labels)
-    for i, di in enumerate(idx):
-        row = {"index": int(di), "label": int(cols[groups[0]][3][i])}
-        for bg in groups:
-            prob, labels = cols[bg][2], cols[bg][3]
-            row[bg] = {"pred": int(prob[i].argmax()), "p_true": float(prob[i, labels[i]])}
-        rows.append(row)
+    cols = _columns(net, pairs, preprocess, names, batch)
+    rows = _sample_rows(idx, cols, groups)
     out = os.fspath(out)
     reconstruct_figure(cols, groups, names, classes, out, scope)
-    acc, ptrue = {}, {}
-    ne = min(int(eval_images), n)
-    if ne > 0:
-        eidx = np.arange(ne)
-        ep = render_pairs(dataset, eidx, backgrounds) or {"as given": dataset.get_batch(eidx)}
-        for bg, (imgs, labels) in ep.items():
-            prob = predict(net, np.ascontiguousarray(preprocess(imgs), np.float32), batch)
-            labels = np.asarray(labels)
-            acc[bg] = float((prob.argmax(1) == labels).mean())
-            ptrue[bg] = float(prob[np.arange(labels.size), labels].mean())
+    ne = min(int(eval_images), len(dataset))
+    acc, ptrue = _background_scores(net, dataset, preprocess, backgrounds, ne, batch)
     return {"figure": out, "layers": names, "samples": rows, "accuracy": acc, "p_true": ptrue,
             "eval_images": ne, "scope": scope, "seconds": time.perf_counter() - t0}
 
