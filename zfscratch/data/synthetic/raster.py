@@ -80,30 +80,31 @@ def _sdf_box(p, u, v):
 
 
 @njit(cache=True)
+def _tri_edge(u, v, ax, ay, bx, by, sg):
+    """One triangle edge ``a -> b``: (squared distance from ``(u, v)`` to it, signed side of ``(u, v)``,
+    positive on the inner side for winding sign ``sg``)."""
+    ex, ey = bx - ax, by - ay
+    wx, wy = u - ax, v - ay
+    return _seg_dist2(wx, wy, ex, ey), sg * (wx * ey - wy * ex)
+
+
+@njit(cache=True)
 def _sdf_triangle(p, u, v):
-    """Triangle with vertices ``p[1:7]`` (either winding)."""
+    """Triangle with vertices ``p[1:7]`` (either winding): distance to the nearest edge, negative when
+    ``(u, v)`` is on the inner side of all three."""
     x0, y0, x1, y1, x2, y2 = p[1], p[2], p[3], p[4], p[5], p[6]
-    e0x, e0y = x1 - x0, y1 - y0
-    e1x, e1y = x2 - x1, y2 - y1
-    e2x, e2y = x0 - x2, y0 - y2
-    v0x, v0y = u - x0, v - y0
-    v1x, v1y = u - x1, v - y1
-    v2x, v2y = u - x2, v - y2
-    sg = 1.0 if e0x * e2y - e0y * e2x > 0.0 else -1.0
-    dd = _seg_dist2(v0x, v0y, e0x, e0y)
-    ss = sg * (v0x * e0y - v0y * e0x)
-    t = _seg_dist2(v1x, v1y, e1x, e1y)
+    sg = 1.0 if (x1 - x0) * (y0 - y2) - (y1 - y0) * (x0 - x2) > 0.0 else -1.0
+    dd, ss = _tri_edge(u, v, x0, y0, x1, y1, sg)
+    t, s = _tri_edge(u, v, x1, y1, x2, y2, sg)
     if t < dd:
         dd = t
-    t = sg * (v1x * e1y - v1y * e1x)
-    if t < ss:
-        ss = t
-    t = _seg_dist2(v2x, v2y, e2x, e2y)
+    if s < ss:
+        ss = s
+    t, s = _tri_edge(u, v, x2, y2, x0, y0, sg)
     if t < dd:
         dd = t
-    t = sg * (v2x * e2y - v2y * e2x)
-    if t < ss:
-        ss = t
+    if s < ss:
+        ss = s
     d = math.sqrt(dd)
     return -d if ss > 0.0 else d
 
