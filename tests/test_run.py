@@ -21,7 +21,8 @@ TINY = dict(
     size=48, n_train=80, n_val=40, n_test=60, classes="face+house+car+flower+star+tree", max_angle=30,
     epochs=1, batch=32, lr=0.02, dropout=0.0, snapshots=(0, 1),
     topk_images=32, topk_maps=2, evolution_images=16, evolution_maps=1,
-    reconstruct_images=1, reconstruct_eval=16, occlusion_images=1, occlusion_stride=8,
+    reconstruct_images=1, reconstruct_eval=16, occlusion_images=1, occlusion_stride=8, occlusion_patch=1 / 3,
+    occlusion_measure=6,
     invariance_images=1, invariance_eval=2, correspondence_images=2, correspondence_groups=1,
     layerwise_train=40, layerwise_test=30, layerwise_epochs=1, arch_probe=8,
 )
@@ -118,6 +119,19 @@ def test_every_section_is_real(tiny_run):
     for ref in ("Fig 2", "Fig 4", "Fig 5", "Fig 6", "Fig 7", "Table 1", "Table 7"):
         assert ref in html
     assert "Backend and timings" in html and "numpy" in html
+
+
+def test_occlusion_measures_where_the_minimum_falls(tiny_run):
+    """The occlusion section counts, over several test images (one per class here), whether the lowest
+    P(true class) falls inside the object's box, and says so per class in the report."""
+    out, res, _ = tiny_run
+    m = json.loads((out / "manifest.json").read_text())["stages"]["occlusion"]["result"]["measured"]
+    assert m["images"] == 6 and sorted(m["per_class"]) == sorted(TINY["classes"].split("+"))
+    assert all(b == 1 and a in (0, 1) for a, b in m["per_class"].values())
+    assert m["inside"] == sum(a for a, _ in m["per_class"].values()) and m["fraction"] == m["inside"] / 6
+    body = _sections(_html(out))["occlusion"]
+    assert "lowest P(true) inside the object" in body and f"{m['inside']}/6 test images" in body
+    assert "16x16 px" in body  # a third of the 48-px input
 
 
 def test_every_src_exists(tiny_run):

@@ -24,6 +24,62 @@ def _occlusion_indices(ds, n, class_name=None):
     return sorted(out) or [0]
 
 
+def _measure_indices(ds, n):
+    """About ``n`` test images for the inside-the-object measurement: the first ``ceil(n / C)`` of each
+    of the ``C`` classes (every class counts the same)."""
+    labels = np.asarray(ds.labels)
+    classes = np.unique(labels)
+    per = -(-int(n) // max(1, classes.size))
+    return [int(i) for c in classes for i in np.nonzero(labels == c)[0][:per]]
+
+
+def measure_inside(net, meta, ds, n, patch, stride, progress=False):
+    """Where occluding hurts most, over many test images: is the lowest P(true class) inside the object?
+
+    Parameters
+    ----------
+    net, meta : the model and its weights' metadata (for the preprocessing)
+    ds : dataset whose samples carry the object's ``bbox`` (the synthetic data; others return None)
+    n : about how many images (see :func:`_measure_indices`)
+    patch, stride : occluder side and step in pixels, as for the figures
+
+    Returns
+    -------
+    ``{"images": int, "inside": int, "fraction": float, "per_class": {name: [inside, images]}}``, or None when
+    the data has no object boxes or they do not match the model's input size (resized photos).
+    """
+    from zfscratch.experiments import _shared as S
+    from zfscratch.experiments.occlusion import inside_bbox, min_position, occluder_fill, occlusion_maps
+    from zfscratch.preprocess import Preprocess
+    if n <= 0 or not hasattr(ds, "samples"):
+        return None
+    size = S.input_size(net)
+    pre = Preprocess.from_meta(meta)
+    fill = occluder_fill(pre, size, "mean", 3)
+    names = [str(c) for c in (getattr(ds, "classes", None) or [])]
+    per_class = {}
+    indices = _measure_indices(ds, n)
+    bar = S.progress_bar(len(indices), f"occlusion minimum inside the object, {len(indices)} images", progress,
+                         unit="img")
+    try:
+        for i in indices:
+            s = ds.samples([i])[0]
+            image = np.asarray(s.image)
+            if getattr(s, "bbox", None) is None or image.shape[:2] != (size, size):
+                return None
+            r = occlusion_maps(net, pre(image[None])[0], int(s.label), patch=patch, stride=stride, fill=fill)
+            name = names[int(s.label)] if int(s.label) < len(names) else str(int(s.label))
+            tally = per_class.setdefault(name, [0, 0])
+            tally[0] += int(inside_bbox(min_position(r), tuple(int(v) for v in s.bbox)))
+            tally[1] += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    inside, total = sum(v[0] for v in per_class.values()), sum(v[1] for v in per_class.values())
+    return {"images": total, "inside": inside, "fraction": inside / total if total else None,
+            "per_class": per_class}
+
+
 def stage_occlusion(ctx, cfg):
     from zfscratch.experiments import _shared as S
     from zfscratch.experiments.occlusion import occluder_positions, run_occlusion
@@ -46,8 +102,9 @@ def stage_occlusion(ctx, cfg):
     finally:
         bar.close()
     inside = [it["min_inside_bbox"] for it in items if it.get("min_inside_bbox") is not None]
+    measured = measure_inside(net, meta, ds, cfg.get("measure", 0), patch, cfg["stride"], ctx.progress)
     return {"split": split, "patch": patch, "stride": cfg["stride"], "images": items,
-            "min_inside_fraction": (float(np.mean(inside)) if inside else None)}
+            "min_inside_fraction": (float(np.mean(inside)) if inside else None), "measured": measured}
 
 
 def render_occlusion(res, ctx):
@@ -63,6 +120,12 @@ def render_occlusion(res, ctx):
                                       "pool / LRN output that the occluder can change is recomputed (same "
                                       "numbers as full forward passes, to float rounding)"
                        if all(it.get("incremental") for it in res["images"]) else "full forward passes")])]
+    m = res.get("measured")
+    if m:
+        blocks[1][1].insert(0, (
+            "lowest P(true) inside the object",
+            f"{m['inside']}/{m['images']} test images ({m['fraction']:.0%}; the occluder's centre inside the "
+            "object's box): " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in m["per_class"].items())))
     for it in res["images"]:
         blocks.append(("fig", it["figure"], f"Image {it['index']} ({it['label_name']}): (a) input with the occluder "
                                             f"where P(true) is lowest, (b) total activation of {it['layer']} map "
@@ -89,7 +152,8 @@ def section(p, budget):
     """This section's :class:`~zfscratch.pipeline.runner.Stage` for the profile settings ``p``
     (:data:`zfscratch.pipeline.profiles.PROFILES`) and the shared training ``budget``."""
     return Stage("occlusion", "Occlusion sensitivity", stage_occlusion, ("train",),
-        dict(images=p["occlusion_images"], stride=p["occlusion_stride"], patch=max(2, round(p["size"] / 4)),
+        dict(images=p["occlusion_images"], stride=p["occlusion_stride"],
+             patch=max(2, round(p["size"] * p.get("occlusion_patch", 1 / 4))), measure=p.get("occlusion_measure", 0),
              **({"class": p["occlusion_class"]} if p.get("occlusion_class") else {})),
         "Fig 7",
         "A grey square slid over the image. If the model uses the object, P(true class) drops when the object "
