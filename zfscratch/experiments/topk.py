@@ -433,7 +433,10 @@ def topk_figure(name, rec, path, k=9, scope="image", ncols=4, title=None, n_imag
     t = p * z
     grid_px = side * (t + 1) - 1
     cell_w, cell_h, gap, band = 2 * grid_px + 4, grid_px, 4, 14
-    ncols = max(1, min(ncols, len(maps) or 1))
+    # no wider than the report shows at natural size: patches stay visible and the 9-pt labels 12 px
+    from zfscratch.util.figures import REPORT_MAX_PX
+    fit = max(1, REPORT_MAX_PX // (cell_w + 3 * gap))
+    ncols = max(1, min(ncols, fit, len(maps) or 1))
     nrows = max(1, int(np.ceil(len(maps) / ncols)))
     H = nrows * (cell_h + band + 2 * gap)
     W = ncols * (cell_w + 3 * gap)
