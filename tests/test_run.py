@@ -127,10 +127,13 @@ def test_occlusion_measures_where_the_minimum_falls(tiny_run):
     out, res, _ = tiny_run
     m = json.loads((out / "manifest.json").read_text())["stages"]["occlusion"]["result"]["measured"]
     assert m["images"] == 6 and sorted(m["per_class"]) == sorted(TINY["classes"].split("+"))
-    assert all(b == 1 and a in (0, 1) for a, b in m["per_class"].values())
-    assert m["inside"] == sum(a for a, _ in m["per_class"].values()) and m["fraction"] == m["inside"] / 6
+    assert all(b == 1 and 0 <= a <= d <= 1 for a, d, b in m["per_class"].values())
+    assert m["inside"] == sum(v[0] for v in m["per_class"].values())
+    assert m["dropped"] == sum(v[1] for v in m["per_class"].values())
+    assert m["fraction"] == (m["inside"] / m["dropped"] if m["dropped"] else None)
     body = _sections(_html(out))["occlusion"]
-    assert "lowest P(true) inside the object" in body and f"{m['inside']}/6 test images" in body
+    assert "lowest P(true) inside the object" in body and f"{m['inside']}/{m['dropped']}" in body
+    assert f"{6 - m['dropped']} of 6 images showed no such drop" in body
     assert "16x16 px" in body  # a third of the 48-px input
 
 

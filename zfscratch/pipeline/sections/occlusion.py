@@ -33,6 +33,11 @@ def _measure_indices(ds, n):
     return [int(i) for c in classes for i in np.nonzero(labels == c)[0][:per]]
 
 
+#: an occluder "matters" for an image when some position brings P(true) below this fraction of its
+#: unoccluded value; where none does, the position of the minimum is noise and is not counted
+DROP_FRACTION = 0.5
+
+
 def measure_inside(net, meta, ds, n, patch, stride, progress=False):
     """Where occluding hurts most, over many test images: is the lowest P(true class) inside the object?
 
@@ -45,8 +50,11 @@ def measure_inside(net, meta, ds, n, patch, stride, progress=False):
 
     Returns
     -------
-    ``{"images": int, "inside": int, "fraction": float, "per_class": {name: [inside, images]}}``, or None when
-    the data has no object boxes or they do not match the model's input size (resized photos).
+    ``{"images", "dropped", "inside", "fraction", "per_class": {name: [inside, dropped, images]}}``:
+    ``dropped`` counts the images where some occluder position brings P(true) below
+    :data:`DROP_FRACTION` of its unoccluded value, ``inside`` those of them whose lowest P(true) has the
+    occluder's centre in the object's box, ``fraction = inside / dropped``. None when the data has no object
+    boxes or they do not match the model's input size (resized photos).
     """
     from zfscratch.experiments import _shared as S
     from zfscratch.experiments.occlusion import inside_bbox, min_position, occluder_fill, occlusion_maps
@@ -69,15 +77,17 @@ def measure_inside(net, meta, ds, n, patch, stride, progress=False):
                 return None
             r = occlusion_maps(net, pre(image[None])[0], int(s.label), patch=patch, stride=stride, fill=fill)
             name = names[int(s.label)] if int(s.label) < len(names) else str(int(s.label))
-            tally = per_class.setdefault(name, [0, 0])
-            tally[0] += int(inside_bbox(min_position(r), tuple(int(v) for v in s.bbox)))
-            tally[1] += 1
+            tally = per_class.setdefault(name, [0, 0, 0])
+            dropped = float(r["prob_true"].min()) < DROP_FRACTION * r["base_prob_true"]
+            tally[0] += int(dropped and inside_bbox(min_position(r), tuple(int(v) for v in s.bbox)))
+            tally[1] += int(dropped)
+            tally[2] += 1
             bar.update(1)
     finally:
         bar.close()
-    inside, total = sum(v[0] for v in per_class.values()), sum(v[1] for v in per_class.values())
-    return {"images": total, "inside": inside, "fraction": inside / total if total else None,
-            "per_class": per_class}
+    inside, dropped, total = (sum(v[k] for v in per_class.values()) for k in range(3))
+    return {"images": total, "dropped": dropped, "inside": inside,
+            "fraction": inside / dropped if dropped else None, "per_class": per_class}
 
 
 def stage_occlusion(ctx, cfg):
@@ -122,10 +132,14 @@ def render_occlusion(res, ctx):
                        if all(it.get("incremental") for it in res["images"]) else "full forward passes")])]
     m = res.get("measured")
     if m:
+        frac = "" if m["fraction"] is None else f" ({m['fraction']:.0%})"
         blocks[1][1].insert(0, (
             "lowest P(true) inside the object",
-            f"{m['inside']}/{m['images']} test images ({m['fraction']:.0%}; the occluder's centre inside the "
-            "object's box): " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in m["per_class"].items())))
+            f"{m['inside']}/{m['dropped']}{frac} of the {m['dropped']} test images where some occluder position "
+            f"brings P(true) below {DROP_FRACTION:g} of its unoccluded value (the occluder's centre inside the "
+            f"object's box); {m['images'] - m['dropped']} of {m['images']} images showed no such drop. Per class "
+            "(inside / with a drop / images): "
+            + ", ".join(f"{k} {a}/{d}/{b}" for k, (a, d, b) in m["per_class"].items())))
     for it in res["images"]:
         blocks.append(("fig", it["figure"], f"Image {it['index']} ({it['label_name']}): (a) input with the occluder "
                                             f"where P(true) is lowest, (b) total activation of {it['layer']} map "
