@@ -103,23 +103,15 @@ def render_train(res, ctx):
     return blocks
 
 
+#: recipe keys that become ``zfscratch train`` options when set: (key, option, value format)
+_RECIPE_OPTIONS = (("resize", "--resize", str), ("widths", "--widths", lambda v: ",".join(map(str, v))),
+                   ("fc", "--fc", str), ("init", "--init", str), ("warmup", "--warmup", lambda v: f"{v:g}"),
+                   ("lr_schedule", "--lr-schedule", str), ("augment", "--augment", str))
+
+
 def cmds_train(ctx, cfg):
     snaps = ",".join(str(s) for s in cfg["snapshots"])
-    extra = ""
-    if cfg.get("resize"):
-        extra += f" --resize {cfg['resize']}"
-    if cfg.get("widths"):
-        extra += f" --widths {','.join(map(str, cfg['widths']))}"
-    if cfg.get("fc"):
-        extra += f" --fc {cfg['fc']}"
-    if cfg.get("init"):
-        extra += f" --init {cfg['init']}"
-    if cfg.get("warmup"):
-        extra += f" --warmup {cfg['warmup']:g}"
-    if cfg.get("lr_schedule"):
-        extra += f" --lr-schedule {cfg['lr_schedule']}"
-    if cfg.get("augment"):
-        extra += f" --augment {cfg['augment']}"
+    extra = "".join(f" {flag} {fmt(cfg[k])}" for k, flag, fmt in _RECIPE_OPTIONS if cfg.get(k))
     return [f"zfscratch train --data {_q(ctx.spec)} --out {_q(ctx.cmd(ctx.dir('train')))} "
             f"--model {cfg.get('model', 'zfnet_small')} --epochs {cfg['epochs']} --batch {cfg['batch']} "
             f"--lr {cfg['lr']} --input-size {cfg['size']}{extra} --seed {cfg['seed']} --dropout {cfg['dropout']} "
