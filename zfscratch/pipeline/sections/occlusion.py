@@ -131,7 +131,7 @@ def render_occlusion(res, ctx):
                                       "numbers as full forward passes, to float rounding)"
                        if all(it.get("incremental") for it in res["images"]) else "full forward passes")])]
     m = res.get("measured")
-    if m:
+    if m and "dropped" in m:  # (a result recorded before the drop rule has no such count: not shown)
         frac = "" if m["fraction"] is None else f" ({m['fraction']:.0%})"
         blocks[1][1].insert(0, (
             "lowest P(true) inside the object",
