@@ -117,10 +117,18 @@ def stage_occlusion(ctx, cfg):
             "min_inside_fraction": (float(np.mean(inside)) if inside else None), "measured": measured}
 
 
+def _inside_text(it):
+    """The "lowest inside the object" cell of one image, by the rule of :func:`measure_inside`."""
+    if it.get("min_inside_bbox") is None:
+        return "n/a"
+    if it["min_prob_true"] >= DROP_FRACTION * it["base_prob_true"]:
+        return f"no drop (P(true) stays above {DROP_FRACTION:g} of its value)"
+    return "yes" if it["min_inside_bbox"] else "no"
+
+
 def render_occlusion(res, ctx):
     rows = [[it["index"], it["label_name"], it["base_label_name"], _fmt(it["base_prob_true"]),
-             _fmt(it["min_prob_true"]), "n/a" if it.get("min_inside_bbox") is None else
-             ("yes" if it["min_inside_bbox"] else "no"), f"{it['positions']} ({it['positions_per_s']:.0f}/s)"]
+             _fmt(it["min_prob_true"]), _inside_text(it), f"{it['positions']} ({it['positions_per_s']:.0f}/s)"]
             for it in res["images"]]
     blocks = [("table", ["image", "true class", "predicted", "P(true)", "lowest P(true) occluded",
                          "lowest inside the object", "positions"], rows),
