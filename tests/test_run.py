@@ -439,7 +439,7 @@ def test_profiles_list_their_values_and_reject_unknown_options():
     from zfscratch.pipeline.profiles import PROFILE_NAMES, profile_values
     assert set(PROFILE_NAMES) >= {"default", "quick", "imagenette"}
     v = profile_values("imagenette", {"epochs": 3})
-    assert v["epochs"] == 3 and v["model"] == "zfnet" and v["init"] == "he" and v["occlusion_class"] == "English springer"
+    assert v["epochs"] == 3 and v["model"] == "zfnet" and v["init"] == "mixed" and v["occlusion_class"] == "English springer"
     assert pipeline.data_spec("folder:/x", v) == "folder:/x,size=128"   # resized to 128, 112 crops
     with pytest.raises(UserError, match="--n-train"):
         profile_values("default", {"n_train": 5})

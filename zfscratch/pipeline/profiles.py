@@ -40,11 +40,13 @@ PROFILES = {
         attribution_images=2, sanity_images=16,
     ),
     # real photos (Imagenette, 10 ImageNet classes): the paper's zfnet layer pattern with scaled widths at
-    # 112 px (images resized to 128, random 112 crops), He initialization and a short lr warm-up (the
-    # paper's N(0, 0.01^2) leaves this deep net at chance for epochs), cosine decay, dropout 0.5
+    # 112 px (images resized to 128, random 112 crops), He initialization with conv1 at the paper's
+    # N(0, 0.01^2) ("mixed"; the paper's init everywhere leaves this deep net at chance for epochs), a short
+    # lr warm-up, cosine decay, dropout 0.5, random erasing: 78.7 % val, conv1 HF energy 0.36 (he, no
+    # erasing: 78.0 %, 0.65)
     "imagenette": dict(
-        size=112, resize=128, model="zfnet", init="he", widths=[48, 128, 192, 192, 128], fc=1024,
-        epochs=30, batch=64, lr=0.02, dropout=0.5, warmup=0.5, lr_schedule="cosine", augment="flip,crop",
+        size=112, resize=128, model="zfnet", init="mixed", widths=[48, 128, 192, 192, 128], fc=1024,
+        epochs=30, batch=64, lr=0.02, dropout=0.5, warmup=0.5, lr_schedule="cosine", augment="flip,crop,erase",
         snapshots=(0, 1, 2, 5, 10, 20), architecture=False, occlusion_class="English springer",
         topk_images=500, topk_maps=6, evolution_images=200, evolution_maps=1,
         reconstruct_images=3, reconstruct_eval=100, occlusion_images=4, occlusion_stride=8,
