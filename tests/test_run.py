@@ -448,7 +448,7 @@ def test_profiles_list_their_values_and_reject_unknown_options():
     a = {s.name: s for s in pipeline.build_stages(profile_values("imagenette", {"lr": 0.05}))}
     b = {s.name: s for s in pipeline.build_stages("imagenette")}
     assert pipeline.stage_hash(a["train"], "x", {}) != pipeline.stage_hash(b["train"], "x", {})
-    assert a["train"].config["init"] == "he" and a["architecture"].optional
+    assert a["train"].config["init"] == "mixed" and a["architecture"].optional
 
 
 IMAGENETTE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
