@@ -384,7 +384,7 @@ def plot_occlusion(res, image, projection, names, path, bbox=None, title=None):
     return S.save_figure(fig, path)
 
 
-def _dataset_sample(dataset, index, label, size):
+def dataset_sample(dataset, index, label, size):
     """Image ``index`` of ``dataset``: ``(image (H, W, 3) uint8, label, bbox)``.
 
     ``label`` defaults to the dataset's; ``bbox`` ``(x0, y0, x1, y1)`` is the object's box for
@@ -470,7 +470,7 @@ def run_occlusion(net, meta, out_dir, image=None, dataset=None, index=0, label=N
     names = S.class_names(meta, S.num_classes(net))
     bbox = None
     if image is None:
-        image, label, bbox = _dataset_sample(dataset, index, label, size)
+        image, label, bbox = dataset_sample(dataset, index, label, size)
     label = _label_index(label, names)
     patch = int(patch) if patch else max(1, round(size / 5))
     stride = int(stride) if stride else max(1, round(size / 28))

@@ -30,6 +30,7 @@ import numpy as np
 from zfscratch import deconv, viz
 from zfscratch.errors import UserError
 from zfscratch.util.progress import progress_bar as _progress
+from zfscratch.util.figures import REPORT_MAX_PX
 from zfscratch.util.files import safe_join, safe_name
 
 DEFAULT_LAYERS = "1-5"
@@ -434,7 +435,6 @@ def topk_figure(name, rec, path, k=9, scope="image", ncols=4, title=None, n_imag
     grid_px = side * (t + 1) - 1
     cell_w, cell_h, gap, band = 2 * grid_px + 4, grid_px, 4, 14
     # no wider than the report shows at natural size: patches stay visible and the 9-pt labels 12 px
-    from zfscratch.util.figures import REPORT_MAX_PX
     fit = max(1, REPORT_MAX_PX // (cell_w + 3 * gap))
     ncols = max(1, min(ncols, fit, len(maps) or 1))
     nrows = max(1, int(np.ceil(len(maps) / ncols)))

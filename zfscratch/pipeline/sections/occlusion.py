@@ -38,6 +38,11 @@ def _measure_indices(ds, n):
 DROP_FRACTION = 0.5
 
 
+def _dropped(min_prob, base_prob):
+    """Whether an occluder position brought P(true) below :data:`DROP_FRACTION` of its unoccluded value."""
+    return float(min_prob) < DROP_FRACTION * float(base_prob)
+
+
 def measure_inside(net, meta, ds, n, patch, stride, progress=False):
     """Where occluding hurts most, over many test images: is the lowest P(true class) inside the object?
 
@@ -57,7 +62,8 @@ def measure_inside(net, meta, ds, n, patch, stride, progress=False):
     boxes or they do not match the model's input size (resized photos).
     """
     from zfscratch.experiments import _shared as S
-    from zfscratch.experiments.occlusion import inside_bbox, min_position, occluder_fill, occlusion_maps
+    from zfscratch.experiments.occlusion import (dataset_sample, inside_bbox, min_position, occluder_fill,
+                                                 occlusion_maps)
     from zfscratch.preprocess import Preprocess
     if n <= 0 or not hasattr(ds, "samples"):
         return None
@@ -71,15 +77,14 @@ def measure_inside(net, meta, ds, n, patch, stride, progress=False):
                          unit="img")
     try:
         for i in indices:
-            s = ds.samples([i])[0]
-            image = np.asarray(s.image)
-            if getattr(s, "bbox", None) is None or image.shape[:2] != (size, size):
+            image, label, bbox = dataset_sample(ds, i, None, size)
+            if bbox is None:
                 return None
-            r = occlusion_maps(net, pre(image[None])[0], int(s.label), patch=patch, stride=stride, fill=fill)
-            name = names[int(s.label)] if int(s.label) < len(names) else str(int(s.label))
+            r = occlusion_maps(net, pre(image[None])[0], label, patch=patch, stride=stride, fill=fill)
+            name = names[label] if label < len(names) else str(label)
             tally = per_class.setdefault(name, [0, 0, 0])
-            dropped = float(r["prob_true"].min()) < DROP_FRACTION * r["base_prob_true"]
-            tally[0] += int(dropped and inside_bbox(min_position(r), tuple(int(v) for v in s.bbox)))
+            dropped = _dropped(r["prob_true"].min(), r["base_prob_true"])
+            tally[0] += int(dropped and inside_bbox(min_position(r), bbox))
             tally[1] += int(dropped)
             tally[2] += 1
             bar.update(1)
@@ -121,7 +126,7 @@ def _inside_text(it):
     """The "lowest inside the object" cell of one image, by the rule of :func:`measure_inside`."""
     if it.get("min_inside_bbox") is None:
         return "n/a"
-    if it["min_prob_true"] >= DROP_FRACTION * it["base_prob_true"]:
+    if not _dropped(it["min_prob_true"], it["base_prob_true"]):
         return f"no drop (P(true) stays above {DROP_FRACTION:g} of its value)"
     return "yes" if it["min_inside_bbox"] else "no"
 
