@@ -370,8 +370,8 @@ def plot_invariance(out, names, path, max_angle=None):
     P(true)) plus a wide bottom row: accuracy and mean P(true) vs rotation angle."""
     layers = out["layers"]
     fig = S.figure(11.2, 14)  # the report's width at 100 dpi: shown at natural size, 9-pt text = 12.5 px
-    gs = fig.add_gridspec(4, 3, height_ratios=[1, 1, 1, 1.25], hspace=0.45, wspace=0.28,
-                          top=0.96, bottom=0.04)
+    gs = fig.add_gridspec(4, 3, height_ratios=[1, 1, 1, 1.25], hspace=0.6, wspace=0.28,
+                          top=0.945, bottom=0.04)
     cmap = S.colormap("tab10")
     lab = [f"{d['index']}: {d['label_name']}" for d in out["images"]]
     cols = [(f"dist_{layers[0]}", f"layer 1 ({layers[0]}): normalized distance"),
@@ -387,7 +387,7 @@ def plot_invariance(out, names, path, max_angle=None):
             if key == "prob_true":
                 ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(_XLABEL[k], fontsize=9)
-            ax.set_title(f"{k}: {title}", fontsize=9)
+            ax.set_title(f"{k}:\n{title}", fontsize=9)  # two lines: one fits a third of 11.2 in
             ax.grid(alpha=0.3)
             if k == "rotation":
                 ax.set_xticks(np.arange(0, 361, 60))
