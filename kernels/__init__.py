@@ -23,6 +23,7 @@ CONTRACT = REQUIRED
 #: to the NumPy formula (the reference's function of the same name) when a backend lacks one
 OPTIONAL = {
     "matmul": "matmul(a, b) -> a @ b for 2-D arrays",
+    "linear_forward": "linear_forward(x, w, b) -> x @ w.T + b (b may be None)",
     "linear_backward": "linear_backward(dy, x, w, gw, gb) -> dx; gw += dy.T @ x, gb += dy.sum(0) in place",
     "sgd_update": "sgd_update(p, g, v, lr, momentum, weight_decay): v = m*v - lr*(g + wd*p); p += v, in place",
     "clear_workspaces": "clear_workspaces(): free the calling thread's scratch buffers",

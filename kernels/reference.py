@@ -350,6 +350,24 @@ def softmax_xent(logits, labels):
 
 
 # ----------------------------------------------------------------------------- fully connected (optional extra)
+def linear_forward(x, w, b):
+    """``y = x @ w.T + b`` (not part of the layer contract; ``layers.Linear`` uses a backend's when it
+    has one).
+
+    Parameters
+    ----------
+    x : (N, K) float ; w : (M, K) float ; b : (M,) float or None
+
+    Returns
+    -------
+    y : (N, M) float, a new array
+    """
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
 def linear_backward(dy, x, w, gw, gb):
     """Backward of ``y = x @ w.T + b`` with the parameter gradients accumulated in place (not part of the
     layer contract; ``layers.Linear`` uses a backend's when it has one).

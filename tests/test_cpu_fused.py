@@ -50,6 +50,45 @@ def test_linear_backward(n, k, m, dtype, threads):
     assert_close(gb, rgb, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,m", [(1, 37, 4), (3, 1031, 7), (5, 2053, 33), (16, 3000, 515), (17, 129, 64),
+                                   (64, 300, 1000), (65, 40, 6)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_forward(n, k, m, dtype, threads, bias):
+    import numba
+    rng = np.random.default_rng(n * 1000 + k + m)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    w = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype) if bias else None
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + (b if bias else 0)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        y = cpu.linear_forward(x, w, b)
+    finally:
+        numba.set_num_threads(before)
+    assert_close(y, want, dtype)
+    assert_close(ref.linear_forward(x, w, b), want, dtype)
+
+
+def test_linear_forward_views_nan_and_shape_errors():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 50)).astype(np.float32)[:, ::2]  # a strided view
+    w = rng.standard_normal((40, 25)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    w[7, 3] = np.nan
+    y = cpu.linear_forward(x, w, b)
+    want = ref.linear_forward(x, w, b)
+    assert np.array_equal(np.isnan(y), np.isnan(want)) and np.isnan(y[:, 7]).all()
+    ok = ~np.isnan(want)
+    assert np.allclose(y[ok], want[ok], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        cpu.linear_forward(x, w[:, :24], b)
+    with pytest.raises(ValueError, match="do not match"):
+        cpu.linear_forward(x, w, b[:5])
+
+
 def test_linear_backward_views_nan_and_shape_errors():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 50)).astype(np.float32)[:, ::2]  # a strided view

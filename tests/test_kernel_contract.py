@@ -192,6 +192,10 @@ def test_optional_kernels_conform(kern, dtype):
         upd(pd, kern.dev(g), vd, 0.1, 0.9, 5e-4)
         _close(pd, pr, dtype, "sgd_update p")
         _close(vd, vr, dtype, "sgd_update v")
+    lf = kernels.optional(kern.mod, "linear_forward")
+    if lf is not None:
+        x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((4, 5), (6, 5), (6,)))
+        _close(lf(kern.dev(x), kern.dev(w), kern.dev(b)), ref.linear_forward(x, w, b), dtype, "linear_forward")
     lb = kernels.optional(kern.mod, "linear_backward")
     if lb is not None:
         dy, x, w = (rng.standard_normal(s).astype(dtype) for s in ((4, 6), (4, 5), (6, 5)))

@@ -433,6 +433,9 @@ class Linear(Layer):
     def forward(self, x, train=False):
         self._check_input(x, 2, self.in_f)
         self._x = x
+        fused = kernels.optional(self.backend.kernels, "linear_forward")
+        if fused is not None:  # numba: row blocks of w, the bias added in the same pass
+            return fused(x, self.params["w"], self.params["b"])
         y = self._mm(x, self.params["w"].T)
         y += self.params["b"]
         return y

@@ -63,7 +63,7 @@ NAME = "cpu"
 
 from .conv import _ConvGeom, conv2d_backward, conv2d_backward_data, conv2d_forward  # noqa: E402,F401
 from .gemm import matmul  # noqa: E402
-from .linear import linear_backward  # noqa: E402
+from .linear import linear_backward, linear_forward  # noqa: E402
 from .lcn import lcn_backward, lcn_forward  # noqa: E402
 from .memory import clear_workspaces  # noqa: E402
 from .pointwise import (lrn_backward, lrn_forward, relu_backward, relu_forward,  # noqa: E402
@@ -77,5 +77,5 @@ __all__ = [
     "NAME", "conv2d_forward", "conv2d_backward", "conv2d_backward_data", "maxpool_forward",
     "maxpool_backward", "relu_forward", "relu_backward", "lrn_forward", "lrn_backward", "lcn_forward",
     "lcn_backward", "softmax_xent",
-    "sgd_update", "matmul", "linear_backward", "clear_workspaces",
+    "sgd_update", "matmul", "linear_forward", "linear_backward", "clear_workspaces",
 ]
