@@ -150,8 +150,9 @@ def linear_forward(x, w, b):
     block; instead each task multiplies a contiguous block of rows ``w[r0:r1] @ x.T`` (single-threaded
     BLAS, the threads of :func:`.threads._run_blocks`) and writes ``y[:, r0:r1]`` with the bias added.
     Measured on fc6/fc7 at batch 16: 1.2-1.6x faster than the column split, at 64 1.0-1.4x; at batch 1
-    (a matrix-vector product) 1.5x slower, so a single row goes through :func:`.gemm.matmul`. Larger
-    batches, or mixed or non-float arrays, go through the reference formula.
+    (a matrix-vector product) 1.5x slower. So a single row, larger batches, one thread or a BLAS whose
+    threads cannot be set go through that column split (:func:`.gemm.matmul`, as before), mixed or
+    non-float arrays through the reference formula.
     """
     n, k = x.shape
     m = w.shape[0]
@@ -159,11 +160,10 @@ def linear_forward(x, w, b):
         raise ValueError(f"linear_forward: x {tuple(x.shape)}, w {tuple(w.shape)}, "
                          f"b {None if b is None else tuple(b.shape)} do not match")
     dt = w.dtype
-    nt = numba.get_num_threads()
-    if (n > _LINEAR_FWD_MAX_BATCH or n == 0 or dt.kind != "f" or x.dtype != dt or nt < 2
-            or _BLAS.set is None or m < 2 * nt):
+    if dt.kind != "f" or x.dtype != dt:
         return _reference.linear_forward(x, w, b)
-    if n == 1:
+    nt = numba.get_num_threads()
+    if not 2 <= n <= _LINEAR_FWD_MAX_BATCH or nt < 2 or _BLAS.set is None or m < 2 * nt:
         y = matmul(x, w.T)
         if b is not None:
             y += b
