@@ -330,6 +330,31 @@ def test_own_images_skip_synthetic_only_sections(tmp_path, monkeypatch):
     assert "not been run" in secs["occlusion"]
 
 
+def test_ten_crop_evaluation_beside_the_centre_view(tmp_path, monkeypatch):
+    import json
+    _tiny(monkeypatch)
+    root = _folder(tmp_path / "images", np.random.default_rng(0))
+    out = tmp_path / "report"
+    res = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None,
+                                data=f"folder:{root}", stages=["evaluate"], overrides=dict(ten_crop=True))
+    assert res["failed"] == []
+    r = res["stages"]["evaluate"]["result"]
+    tc = r["ten_crop"]
+    assert 0 <= tc["accuracy"] <= 1 and abs(tc["accuracy"] + tc["top1_error"] - 1) < 1e-12
+    single = json.loads((out / "evaluate" / "evaluation_test.json").read_text())
+    ten = json.loads((out / "evaluate" / "ten_crop" / "evaluation_test.json").read_text())
+    assert single["ten_crop"] is False and ten["ten_crop"] is True
+    assert single["accuracy"] == r["accuracy"] and ten["accuracy"] == tc["accuracy"]
+    sec = _sections(_html(out))["evaluate"]
+    assert "10 crops" in sec and "--ten-crop" in sec
+    # the option is part of the stage's hash: without it the stage is recomputed, with no 10-crop rows
+    res2 = pipeline.run_pipeline(out, quick=True, backend="numpy", progress=False, log=lambda m: None,
+                                 data=f"folder:{root}", stages=["evaluate"])
+    assert res2["stages"]["evaluate"]["hash"] != res["stages"]["evaluate"]["hash"]
+    assert "ten_crop" not in res2["stages"]["evaluate"]["result"]
+    assert "10 crops" not in _sections(_html(out))["evaluate"]
+
+
 def test_data_spec():
     d = pipeline.data_spec(None, "quick")
     assert d.startswith("synthetic:") and "size=48" in d and "n=600" in d

@@ -47,6 +47,9 @@ def register(sub):
                    help="weight initialization (mixed: He, conv1 N(0, 0.01^2))")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability on fc6/fc7")
     g.add_argument("--augment", default=None, metavar="LIST", help="comma-separated subset of flip,crop,erase, or none")
+    p.add_argument("--ten-crop", action="store_true", default=None,
+                   help="the evaluation also averages the paper's 10 views (4 corners + centre, and their mirrors); "
+                        "the imagenette profile does")
     p.add_argument("--architecture", action="store_true", default=None,
                    help="also run the architecture comparison (trains an AlexNet-like twin) where the profile "
                         "or --weights leaves it out")
@@ -75,7 +78,7 @@ def cmd_run(args):
             raise UserError(f"--{opt.replace('_', '-')} {v}: expected a positive integer")
     overrides = dict(model=args.model, size=args.input_size, resize=args.resize, epochs=args.epochs,
                      batch=args.batch, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup,
-                     init=args.init, dropout=args.dropout, augment=args.augment)
+                     init=args.init, dropout=args.dropout, augment=args.augment, ten_crop=args.ten_crop)
     res = run_pipeline(args.out, quick=args.quick, backend=args.backend, data=args.data, force=args.force,
                        stages=stages, progress=not args.quiet, command=command, profile=args.profile,
                        weights=args.weights, overrides=overrides, architecture=args.architecture)

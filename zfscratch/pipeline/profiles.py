@@ -48,6 +48,7 @@ PROFILES = {
         size=112, resize=128, model="zfnet", init="mixed", widths=[48, 128, 192, 192, 128], fc=1024,
         epochs=30, batch=64, lr=0.02, dropout=0.5, warmup=0.5, lr_schedule="cosine", augment="flip,crop,erase",
         snapshots=(0, 1, 2, 5, 10, 20), architecture=False, occlusion_class="English springer",
+        ten_crop=True,  # the evaluation also averages the paper's 10 views (the centre view stays the headline)
         topk_images=500, topk_maps=6, evolution_images=200, evolution_maps=1,
         reconstruct_images=3, reconstruct_eval=100, occlusion_images=4, occlusion_stride=8,
         occlusion_patch=1 / 4, occlusion_measure=0,  # 28 px; photos have no object boxes to measure with
@@ -58,7 +59,7 @@ PROFILES = {
 PROFILE_NAMES = tuple(PROFILES)
 #: profile values that ``zfscratch run`` options may override (option name = key with dashes)
 OVERRIDABLE = ("model", "size", "epochs", "batch", "lr", "dropout", "augment", "lr_schedule", "warmup", "init",
-               "resize")
+               "resize", "ten_crop")
 #: the overrides that only shape training (meaningless with --weights)
 TRAINING_ONLY = ("model", "epochs", "batch", "lr", "dropout", "augment", "lr_schedule", "warmup", "init")
 
