@@ -117,11 +117,15 @@ def test_compare_torch():
     agree = res["agreement"]
     assert agree["logits_max_rel_diff"] < 1e-4
     assert agree["grads_max_rel_diff"] < 1e-3
+    # against a float64 run of the same weights, our float32 gradients are within float32 rounding
+    ours, param = agree["grads_vs_float64"]["ours"]
+    assert 0 < ours < 1e-4 and param.split(".")[1] in ("w", "b")
+    assert agree["grads_vs_float64"]["torch"][0] > 0
     for r in res["layers"]:
         assert r["torch_fwd_ms"] >= 0 and "fwd_speedup" in r
     assert res["torch"]["step_img_s"] > 0 and res["speedup"]["fwd"] > 0
     text = bench.format_report(res)
-    assert "torch" in text and "agreement" in text and "ratio" in text
+    assert "torch" in text and "agreement" in text and "ratio" in text and "float64 run" in text
     assert np.isfinite(res["speedup"]["step"])
 
 

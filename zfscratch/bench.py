@@ -364,46 +364,61 @@ def _torch_sync(torch, device):
     return lambda: None
 
 
-def check_agreement(net, mods, x_host, labels_host, device="cpu"):
-    """Outputs and gradients of our network and its PyTorch twin in eval mode (dropout off).
-
-    Returns dict: logits_max_abs_diff, logits_max_rel_diff, loss_diff, grads_max_rel_diff (worst
-    parameter, relative to that parameter's largest gradient), grads_worst_param.
-    """
-    torch = import_torch()
+def _our_pass(net, x_host, labels_host):
+    """Logits (host) and ``{"layer.key": gradient (float64 host)}`` of one eval-mode forward/backward."""
     from zfscratch.layers import SoftmaxCrossEntropy
     be = net.backend
-    model = torch.nn.Sequential(*[m for _, m in mods]).eval()
     net.zero_grads()
-    x = be.to_device(x_host)
+    x = be.to_device(x_host.astype(net.dtype, copy=False))
     logits = net.forward(x, train=False)
     lossf = SoftmaxCrossEntropy(be)
     loss = lossf.forward(logits, be.to_device(labels_host))
     net.backward(lossf.backward())
-    ours = be.to_host(logits)
+    grads = {f"{l.name}.{k}": be.to_host(g).astype(np.float64) for l in net.layers for k, g in l.grads.items()}
+    net.zero_grads()
+    return be.to_host(logits), float(loss), grads
+
+
+def _worst(grads, ref):
+    """(largest ``max|g - ref| / max|ref|`` over the parameters, its name)."""
+    worst, name = 0.0, None
+    for key, r in ref.items():
+        if key in grads:
+            rel = float(np.max(np.abs(grads[key] - r)) / max(np.max(np.abs(r)), 1e-30))
+            if rel >= worst:
+                worst, name = rel, key
+    return worst, name
+
+
+def check_agreement(net, mods, x_host, labels_host, device="cpu"):
+    """Outputs and gradients of our network and its PyTorch twin in eval mode (dropout off), and of
+    both against a float64 copy of our network (same weights), which says whose float32 gradients
+    drift when the two disagree.
+
+    Returns dict: logits_max_abs_diff, logits_max_rel_diff, loss_diff, grads_max_rel_diff (worst
+    parameter, relative to that parameter's largest gradient), grads_worst_param, and
+    ``grads_vs_float64`` = {"ours": (rel, param), "torch": (rel, param)}.
+    """
+    torch = import_torch()
+    from zfscratch.models import build_model
+    model = torch.nn.Sequential(*[m for _, m in mods]).eval()
+    ours, loss, g_ours = _our_pass(net, x_host, labels_host)
     model.zero_grad()
-    tx = torch.from_numpy(x_host).to(device)
-    tl = model(tx)
+    tl = model(torch.from_numpy(x_host).to(device))
     tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(labels_host.astype(np.int64)).to(device))
     tloss.backward()
     theirs = tl.detach().cpu().numpy()
-    diff = float(np.max(np.abs(ours.astype(np.float64) - theirs)))
-    worst, worst_name = 0.0, None
-    for (name, m) in mods:
-        l = net.layer(name)
-        for key, tp in (("w", getattr(m, "weight", None)), ("b", getattr(m, "bias", None))):
-            if tp is None or key not in l.grads:
-                continue
-            g = be.to_host(l.grads[key]).astype(np.float64)
-            tg = tp.grad.detach().cpu().numpy().astype(np.float64)
-            rel = float(np.max(np.abs(g - tg)) / max(np.max(np.abs(tg)), 1e-30))
-            if rel >= worst:
-                worst, worst_name = rel, f"{name}.{key}"
-    net.zero_grads()
+    g_torch = {f"{name}.{key}": tp.grad.detach().cpu().numpy().astype(np.float64) for name, m in mods
+               for key, tp in (("w", getattr(m, "weight", None)), ("b", getattr(m, "bias", None))) if tp is not None}
     model.zero_grad()
+    ref = build_model(dict(net.config), backend=net.backend, init=False)
+    ref.load_state_dict(net.state_dict())
+    _, _, g64 = _our_pass(ref.to(net.backend, np.float64), x_host.astype(np.float64), labels_host)
+    worst, worst_name = _worst(g_ours, g_torch)
+    diff = float(np.max(np.abs(ours.astype(np.float64) - theirs)))
     return dict(logits_max_abs_diff=diff, logits_max_rel_diff=diff / max(float(np.max(np.abs(theirs))), 1e-30),
-                loss_diff=abs(float(loss) - float(tloss.item())), grads_max_rel_diff=worst,
-                grads_worst_param=worst_name)
+                loss_diff=abs(loss - float(tloss.item())), grads_max_rel_diff=worst, grads_worst_param=worst_name,
+                grads_vs_float64={"ours": _worst(g_ours, g64), "torch": _worst(g_torch, g64)})
 
 
 def torch_layer_runs(mods, x_host, first_needs_grad=False, device="cpu"):
@@ -794,6 +809,10 @@ def _network_table(res):
                   f"agreement (eval, dropout off): logits max |diff| {a['logits_max_abs_diff']:.2e} "
                   f"(relative {a['logits_max_rel_diff']:.2e}), loss diff {a['loss_diff']:.2e}, "
                   f"gradients max relative diff {a['grads_max_rel_diff']:.2e} ({a['grads_worst_param']})"]
+        if a.get("grads_vs_float64"):
+            (o, on), (t, tn) = a["grads_vs_float64"]["ours"], a["grads_vs_float64"]["torch"]
+            lines.append(f"float32 gradients vs a float64 run of the same weights: zfscratch {o:.2e} ({on}), "
+                         f"torch {t:.2e} ({tn})")
     return lines
 
 
