@@ -15,11 +15,7 @@ LAYERS = ["conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2", "norm2"
 
 
 def _has_torch():
-    try:
-        import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return bench.torch_installed()  # without importing it here: --compare torch runs it in a child process
 
 
 def _check_common(res, backend):
@@ -96,23 +92,51 @@ def test_cli_bad_arguments(capsys):
 
 
 def test_compare_torch_missing(monkeypatch, capsys):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_torch(name, *a, **kw):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("No module named 'torch'")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+    import importlib.util
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find(name, *a))
     assert main(["bench", "--model", "zfnet_small", "--size", "32", "--batch", "1", "--compare", "torch"]) == 2
     err = capsys.readouterr().err
     assert "PyTorch" in err and err.count("\n") == 1
 
 
+def test_compare_torch_that_cannot_be_imported(tmp_path, monkeypatch, capsys):
+    """PyTorch found but failing to import in the twin's process: one line, exit 2, nothing timed."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('libtorch_cpu.so: cannot open shared object file')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(bench, "torch_installed", lambda: True)
+    assert main(["bench", "--model", "zfnet_small", "--size", "32", "--batch", "1", "--compare", "torch"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("zfscratch: error:") and "libtorch_cpu.so" in err[-1] and "PyTorch" in err[-1]
+    assert not any("per layer" in line for line in err)
+
+
+def test_twin_process_reports_its_failures_in_one_line():
+    """A request the PyTorch process cannot serve comes back as one TwinError line; the process lives on."""
+    if not _has_torch():
+        pytest.skip("PyTorch is not installed")
+    from zfscratch.backend import get_backend
+    from zfscratch.bench_twin import TwinError, TwinProcess
+    from zfscratch.models import build_model
+    net = build_model({"arch": "zfnet_small", "input_size": 32}, backend=get_backend("numpy"), seed=0)
+    x, labels = bench._bench_inputs(net, 2, 32, 0)
+    with TwinProcess(net, x, labels, env=bench._twin_env()) as twin:
+        with pytest.raises(TwinError, match="time: KeyError"):
+            twin.request("time", call="nothing.fwd")
+        assert twin.request("time", call="net.fwd")["seconds"] > 0
+        logits, loss, grads = twin.agreement()
+        assert logits.shape == (2, net.config["num_classes"]) and loss > 0 and "conv1.w" in grads
+    assert twin.proc.poll() == 0  # quit cleanly
+
+
 @pytest.mark.skipif(not _has_torch(), reason="PyTorch is not installed")
 def test_compare_torch():
+    import sys
+    had_torch = "torch" in sys.modules
     res = bench.run_bench(compare="torch", **TINY)
+    assert had_torch or "torch" not in sys.modules  # PyTorch ran in its own process
     _check_common(res, "numba")
     agree = res["agreement"]
     assert agree["logits_max_rel_diff"] < 1e-4
@@ -156,11 +180,8 @@ def test_page_faults_per_step_sees_fresh_memory():
 
 
 def _has_captum():
-    try:
-        import captum.attr  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+    return importlib.util.find_spec("captum") is not None and bench.torch_installed()  # not imported here
 
 
 def test_occlusion_bench_cli(tmp_path, capsys, restore_threads):

@@ -17,6 +17,9 @@
 Only wall-clock time is measured (``time.perf_counter``, the backend synchronized around each run).
 With ``compare="torch"`` our runs and PyTorch's alternate (ours, torch, ours, torch, ...), layer by
 layer and for the whole network, so that on a machine whose load drifts both see the same conditions.
+PyTorch runs in a child process (:mod:`zfscratch.bench_twin`): in one process Numba's OpenMP threads
+would bind to PyTorch's own libgomp and spin under its defaults, slowing our kernels (measured 1.5x on
+conv3's forward), which is not what either side's users get.
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ import gc
 import os
 import platform
 import sys
+import threading
 import time
 
 import numpy as np
 
 from zfscratch import kernels as _kernels
+from zfscratch.bench_twin import TwinProcess
 
 # thread control has one home (threadpoolctl); the names stay importable from here
 from zfscratch.util.threads import get_blas_threads, set_blas_threads, set_threads, thread_info  # noqa: F401
@@ -235,23 +240,73 @@ def _median_ms(ts):
     return float(np.median(ts) * 1e3)
 
 
-def time_interleaved(fns, repeats, syncs, warmup=1):
+def _cpu_ns_of_other_threads(pids):
+    """CPU nanoseconds used so far by every thread of ``pids`` except the calling one (``schedstat``)."""
+    me, mine, total = threading.get_native_id(), os.getpid(), 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            if pid == mine and int(tid) == me:
+                continue
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that ended meanwhile
+    return total
+
+
+def wait_until_quiet(pids, window=0.002, busy=0.1, limit=0.25):
+    """Wait until the other threads of processes ``pids`` use less than ``busy`` of one CPU over a
+    ``window`` (seconds), at most ``limit`` seconds; returns the seconds waited.
+
+    OpenMP runtimes spin for a while after a parallel region (PyTorch's by default, for a few
+    milliseconds), OpenBLAS's threads too; on 2 cores a run that starts meanwhile shares its cores with
+    them. Waiting for quiet before each timed run gives every run the machine as it would have it
+    alone. Without ``/proc`` (not Linux) it returns at once.
+    """
+    if not os.path.isdir("/proc/self/task"):
+        return 0.0
+    t0 = time.perf_counter()
+    prev = _cpu_ns_of_other_threads(pids)
+    while time.perf_counter() - t0 < limit:
+        time.sleep(window)
+        cur = _cpu_ns_of_other_threads(pids)
+        if cur - prev < busy * window * 1e9:
+            break
+        prev = cur
+    return time.perf_counter() - t0
+
+
+def time_interleaved(fns, repeats, syncs, warmup=1, quiet=None):
     """Time several functions in turns (f0, f1, ..., f0, f1, ...) after ``warmup`` untimed rounds.
 
     On a machine whose load drifts (other jobs), alternating keeps the conditions of the compared
-    functions alike, so that their ratio is fair. Returns one list of seconds per function.
+    functions alike, so that their ratio is fair. A function with a true ``timed_elsewhere``
+    attribute (:class:`zfscratch.bench_twin.RemoteCall`) times itself and returns its seconds.
+    ``quiet``: process ids whose threads must be idle before each run (:func:`wait_until_quiet`;
+    None: no wait). Returns one list of seconds per function.
     """
+    def timed(fn, sync):
+        if quiet:
+            wait_until_quiet(quiet)
+        if getattr(fn, "timed_elsewhere", False):
+            return fn()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
     for _ in range(warmup):
         for fn, sync in zip(fns, syncs):
-            fn()
-            sync()
+            timed(fn, sync)
     out = [[] for _ in fns]
     for _ in range(max(1, int(repeats))):
         for i, (fn, sync) in enumerate(zip(fns, syncs)):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            out[i].append(time.perf_counter() - t0)
+            out[i].append(timed(fn, sync))
     return out
 
 
@@ -328,40 +383,20 @@ def import_torch():
     return sys.modules["torch"]
 
 
+def torch_installed():
+    """Whether PyTorch can be found (without importing it here)."""
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
 def torch_twin(net, device="cpu"):
-    """The same network in PyTorch, with a copy of the weights. Returns a list of (name, module)."""
-    torch = import_torch()
-    nn = torch.nn
-    mods = []
-    for l in net.layers:
-        if l.kind == "Conv2d":
-            m = nn.Conv2d(l.in_ch, l.out_ch, l.k, stride=l.stride, padding=l.pad, groups=l.groups)
-        elif l.kind == "ReLU":
-            m = nn.ReLU()
-        elif l.kind == "MaxPool2d":
-            m = nn.MaxPool2d(l.k, l.stride, ceil_mode=l.ceil_mode)
-        elif l.kind == "LocalResponseNorm":
-            m = nn.LocalResponseNorm(l.size, alpha=l.alpha, beta=l.beta, k=l.k)
-        elif l.kind == "Flatten":
-            m = nn.Flatten()
-        elif l.kind == "Linear":
-            m = nn.Linear(l.in_f, l.out_f)
-        elif l.kind == "Dropout":
-            m = nn.Dropout(l.p)
-        else:  # pragma: no cover - every layer kind is listed above
-            raise ValueError(f"no PyTorch equivalent for layer {l.name} ({l.kind})")
-        if l.params:
-            with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(np.ascontiguousarray(net.backend.to_host(l.params["w"]))))
-                m.bias.copy_(torch.from_numpy(np.ascontiguousarray(net.backend.to_host(l.params["b"]))))
-        mods.append((l.name, m.to(device)))
-    return mods
+    """The same network in PyTorch, in this process, with a copy of the weights: a list of (name, module).
 
-
-def _torch_sync(torch, device):
-    if device != "cpu":
-        return lambda: torch.cuda.synchronize()
-    return lambda: None
+    For in-process uses (Captum's occlusion); the timed comparison runs its twin in a process of its
+    own (:mod:`zfscratch.bench_twin`).
+    """
+    from zfscratch.bench_twin import build_modules, layer_specs, layer_weights
+    return build_modules(import_torch(), layer_specs(net), layer_weights(net), device)
 
 
 def _our_pass(net, x_host, labels_host):
@@ -390,88 +425,28 @@ def _worst(grads, ref):
     return worst, name
 
 
-def check_agreement(net, mods, x_host, labels_host, device="cpu"):
+def check_agreement(net, twin, x_host, labels_host):
     """Outputs and gradients of our network and its PyTorch twin in eval mode (dropout off), and of
     both against a float64 copy of our network (same weights), which says whose float32 gradients
     drift when the two disagree.
+
+    ``twin``: a :class:`zfscratch.bench_twin.TwinProcess` holding the same weights and batch.
 
     Returns dict: logits_max_abs_diff, logits_max_rel_diff, loss_diff, grads_max_rel_diff (worst
     parameter, relative to that parameter's largest gradient), grads_worst_param, and
     ``grads_vs_float64`` = {"ours": (rel, param), "torch": (rel, param)}.
     """
-    torch = import_torch()
     from zfscratch.models import build_model
-    model = torch.nn.Sequential(*[m for _, m in mods]).eval()
     ours, loss, g_ours = _our_pass(net, x_host, labels_host)
-    model.zero_grad()
-    tl = model(torch.from_numpy(x_host).to(device))
-    tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(labels_host.astype(np.int64)).to(device))
-    tloss.backward()
-    theirs = tl.detach().cpu().numpy()
-    g_torch = {f"{name}.{key}": tp.grad.detach().cpu().numpy().astype(np.float64) for name, m in mods
-               for key, tp in (("w", getattr(m, "weight", None)), ("b", getattr(m, "bias", None))) if tp is not None}
-    model.zero_grad()
+    theirs, tloss, g_torch = twin.agreement()
     ref = build_model(dict(net.config), backend=net.backend, init=False)
     ref.load_state_dict(net.state_dict())
     _, _, g64 = _our_pass(ref.to(net.backend, np.float64), x_host.astype(np.float64), labels_host)
     worst, worst_name = _worst(g_ours, g_torch)
     diff = float(np.max(np.abs(ours.astype(np.float64) - theirs)))
     return dict(logits_max_abs_diff=diff, logits_max_rel_diff=diff / max(float(np.max(np.abs(theirs))), 1e-30),
-                loss_diff=abs(loss - float(tloss.item())), grads_max_rel_diff=worst, grads_worst_param=worst_name,
+                loss_diff=abs(loss - tloss), grads_max_rel_diff=worst, grads_worst_param=worst_name,
                 grads_vs_float64={"ours": _worst(g_ours, g64), "torch": _worst(g_torch, g64)})
-
-
-def torch_layer_runs(mods, x_host, first_needs_grad=False, device="cpu"):
-    """Per module of the PyTorch twin: ``(fwd, bwd)`` callables, as :func:`our_layer_runs` (forward
-    without autograd; backward through ``torch.autograd.grad`` to the input, unless it is the first
-    layer, and the parameters)."""
-    torch = import_torch()
-    rng = np.random.default_rng(1)
-    runs = []
-    a = torch.from_numpy(x_host).to(device)
-    for i, (name, m) in enumerate(mods):
-        m.train()
-        with torch.no_grad():
-            y = m(a)
-        dy = torch.from_numpy((rng.standard_normal(tuple(y.shape)) * 1e-3).astype(x_host.dtype)).to(device)
-        need_input = i > 0 or first_needs_grad
-        ain = a.detach().requires_grad_(need_input)
-        yg = m(ain)
-        inputs = ([ain] if need_input else []) + list(m.parameters())
-
-        def fwd(m=m, a=a):
-            with torch.no_grad():
-                m(a)
-
-        def bwd(yg=yg, inputs=inputs, dy=dy):
-            torch.autograd.grad(yg, inputs, grad_outputs=dy, retain_graph=True)
-
-        runs.append((fwd, bwd if inputs and yg.requires_grad else None))
-        a = y
-    return runs
-
-
-def torch_network_runs(mods, x_host, labels_host, device="cpu"):
-    """``(forward, step)`` callables of the PyTorch twin, as :func:`our_network_runs`."""
-    torch = import_torch()
-    model = torch.nn.Sequential(*[m for _, m in mods])
-    x = torch.from_numpy(x_host).to(device)
-    labels = torch.from_numpy(labels_host.astype(np.int64)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-
-    def fwd():
-        model.eval()
-        with torch.no_grad():
-            model(x)
-
-    def step():
-        model.train()
-        opt.zero_grad(set_to_none=False)
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
-        loss.backward()
-        opt.step()
-
-    return fwd, step
 
 
 # ============================================================================= driver
@@ -544,19 +519,6 @@ def _machine_figures(be, sgemm_sizes, progress):
     return res
 
 
-class _Twin:
-    """The PyTorch side of a comparison: the twin's ``(name, module)`` list, its device and its sync.
-
-    The device is CUDA only when our backend is CuPy (and PyTorch sees a GPU), so both run on the same
-    kind of processor.
-    """
-
-    def __init__(self, torch, net, be):
-        self.device = "cuda" if be.name == "cupy" and torch.cuda.is_available() else "cpu"
-        self.sync = _torch_sync(torch, self.device)
-        self.mods = torch_twin(net, self.device)
-
-
 class _BenchRun:
     """What every timed stage of :func:`run_bench` shares.
 
@@ -567,7 +529,7 @@ class _BenchRun:
     labels_host : int (N,), its labels; ``labels`` the same on the device
     repeats : timed runs per measurement
     progress : callable(str)
-    twin : :class:`_Twin` or None (no comparison)
+    twin : :class:`zfscratch.bench_twin.TwinProcess` or None (no comparison)
     """
 
     def __init__(self, net, be, x_host, labels_host, repeats, progress, twin):
@@ -575,6 +537,11 @@ class _BenchRun:
         self.x_host, self.labels_host = x_host, labels_host
         self.x, self.labels = be.to_device(x_host), be.to_device(labels_host)
         self.batch = int(x_host.shape[0])
+
+    @property
+    def quiet(self):
+        """The processes that must be idle before each timed run of a comparison (None without one)."""
+        return [os.getpid(), self.twin.proc.pid] if self.twin is not None else None
 
 
 def _layer_figures(r, ts, with_torch, peak):
@@ -605,18 +572,18 @@ def _time_layers(run, peak):
     """
     net, sync, twin = run.net, run.be.synchronize, run.twin
     layers = our_layer_runs(net, run.x)
-    truns = (torch_layer_runs(twin.mods, run.x_host, bool(getattr(net.layers[0], "need_dx", False)), twin.device)
-             if twin else None)
+    truns = twin.layer_runs(bool(getattr(net.layers[0], "need_dx", False))) if twin else None
     for i, r in enumerate(layers):
         fns, syncs = [r.pop("fwd"), r.pop("bwd")], [sync, sync]
         if truns:
             tf, tb = truns[i]
             fns += [tf] + ([tb] if tb else [])
             syncs += [twin.sync] * (2 if tb else 1)
-        _layer_figures(r, time_interleaved(fns, run.repeats, syncs), bool(truns), peak)
+        _layer_figures(r, time_interleaved(fns, run.repeats, syncs, quiet=run.quiet), bool(truns), peak)
         extra = f"   torch fwd {r['torch_fwd_ms']:8.2f} bwd {r['torch_bwd_ms']:8.2f}" if truns else ""
         run.progress(f"  {r['name']:<8} fwd {r['fwd_ms']:8.2f} ms  bwd {r['bwd_ms']:8.2f} ms{extra}")
-    del truns  # the twin's graphs and gradients go before the whole-network runs
+    if twin:  # the twin's graphs and gradients go before the whole-network runs
+        twin.drop_layer_runs()
     net.zero_grads()
     return layers
 
@@ -648,17 +615,17 @@ def _time_network(run, layers, peak):
     ofwd, ostep = our_network_runs(run.net, run.x, run.labels)
     fns, syncs = [ofwd], [sync]
     if twin:
-        tfwd, tstep = torch_network_runs(twin.mods, run.x_host, run.labels_host, twin.device)
+        tfwd, tstep = twin.network_runs()
         fns, syncs = [ofwd, tfwd], [sync, twin.sync]
-    f_ts = time_interleaved(fns, run.repeats, syncs)
+    f_ts = time_interleaved(fns, run.repeats, syncs, quiet=run.quiet)
     progress("whole network: training step (forward + backward + SGD)")
-    s_ts = time_interleaved([ostep, tstep] if twin else [ostep], run.repeats, syncs)
+    s_ts = time_interleaved([ostep, tstep] if twin else [ostep], run.repeats, syncs, quiet=run.quiet)
     progress("whole network: memory and page faults of a training step")
     res = {"network": _our_network_figures(run, f_ts[0], s_ts[0], ostep, layers, peak)}
     if twin:
         res["torch"] = dict(device=twin.device, **_network_figures(run.batch, f_ts[1], s_ts[1]))
-        res["torch"]["step_page_faults"] = page_faults_per_step(tstep, twin.sync)
-        res["torch"].update(step_memory(tstep, twin.sync))
+        res["torch"]["step_page_faults"] = twin.page_faults_per_step()
+        res["torch"].update(twin.step_memory())
         ours, tn = res["network"], res["torch"]
         res["speedup"] = dict(fwd=tn["fwd_ms"] / ours["fwd_ms"], step=tn["step_ms"] / ours["step_ms"],
                               step_rss_added=(ours["step_rss_added_mb"] / tn["step_rss_added_mb"]
@@ -695,7 +662,6 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     if compare not in (None, "torch"):
         raise ValueError(f"unknown comparison {compare!r}; expected torch")
     env = dict(_ENV_AT_IMPORT)  # as the user set it, before our kernels set OMP_WAIT_POLICY
-    torch = import_torch() if compare == "torch" else None  # before our kernels set any OpenMP variable
     from zfscratch.backend import get_backend
     from zfscratch.models import build_model
 
@@ -710,20 +676,45 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     x_host, labels_host = _bench_inputs(net, batch, size, seed)
     run = _BenchRun(net, be, x_host, labels_host, repeats, progress, twin=None)
     res.update(_machine_figures(be, sgemm_sizes, progress))
-    if torch is not None:
-        run.twin = _Twin(torch, net, be)
+    if compare == "torch":
+        progress("PyTorch: starting its own process (its OpenMP and thread defaults, not ours)")
+        run.twin = TwinProcess(net, x_host, labels_host, cuda=be.name == "cupy", threads=threads, env=_twin_env())
+    try:
+        _measure(run, res, model, size, batch, progress)
+    finally:
+        if run.twin is not None:
+            run.twin.close()
+    res["versions"] = _versions()
+    if run.twin is not None:
+        res["versions"]["torch"] = run.twin.version
+    res["env"] = env
+    return res
+
+
+def _twin_env():
+    """The environment of the PyTorch process: ours as the user set it (without the OpenMP wait policy
+    our kernels set for themselves), and a path to this zfscratch."""
+    env = dict(os.environ)
+    if "OMP_WAIT_POLICY" not in _ENV_AT_IMPORT:
+        env.pop("OMP_WAIT_POLICY", None)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def _measure(run, res, model, size, batch, progress):
+    """The timed part of :func:`run_bench` (agreement, layers, network), filling ``res``."""
+    net = run.net
+    if run.twin is not None:
         progress("PyTorch: agreement (eval mode, dropout off)")
-        res["agreement"] = check_agreement(net, run.twin.mods, x_host, labels_host, run.twin.device)
-    vs = " vs PyTorch (alternating runs)" if run.twin else ""
-    progress(f"per layer: {model} {size}x{size}, batch {batch}, backend {be.name}{vs}")
+        res["agreement"] = check_agreement(net, run.twin, run.x_host, run.labels_host)
+    vs = " vs PyTorch (alternating runs, its own process)" if run.twin else ""
+    progress(f"per layer: {model} {size}x{size}, batch {batch}, backend {run.be.name}{vs}")
     res["layers"] = _time_layers(run, res["sgemm_gflops"])
     res["gflop_per_image_fwd"] = sum(r["fwd_gflop"] for r in res["layers"]) / batch
     res.update(_time_network(run, res["layers"], res["sgemm_gflops"]))
     if run.twin:
-        res["threads"] = thread_info()
-    res["versions"] = _versions()
-    res["env"] = env
-    return res
+        res["threads"] = dict(thread_info(), torch=run.twin.threads)
 
 
 # ============================================================================= report

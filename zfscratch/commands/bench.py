@@ -53,6 +53,7 @@ def cmd_bench(args):
     import json
 
     from zfscratch import bench
+    from zfscratch.bench_twin import TwinError
     from zfscratch.errors import UserError
     from zfscratch.io import atomic_write_text
     from zfscratch.models import PRESETS
@@ -81,11 +82,9 @@ def cmd_bench(args):
         if limit is not None and args.threads > limit:
             raise UserError(f"--threads {args.threads}: numba was started with at most {limit} threads "
                             f"(set NUMBA_NUM_THREADS={args.threads} in the environment to allow more)")
-    if args.compare == "torch":
-        try:  # first: PyTorch keeps its own OpenMP defaults (our kernels set OMP_WAIT_POLICY on import)
-            bench.import_torch()
-        except ImportError as e:
-            raise UserError(str(e)) from None
+    if args.compare == "torch" and not bench.torch_installed():  # before any timing (PyTorch runs in a child)
+        raise UserError("--compare torch needs PyTorch, which is not installed "
+                        "(pip install torch, or pip install 'zfscratch[bench]')")
     from zfscratch.backend import resolve_backend
     resolve_backend(args.backend)  # one-line error when it cannot run here
 
@@ -98,6 +97,8 @@ def cmd_bench(args):
                               progress=progress, widths=widths, fc=args.fc, num_classes=args.num_classes)
     except ImportError as e:
         raise UserError(str(e)) from None
+    except TwinError as e:
+        raise UserError(f"--compare torch: {e}") from None
     except ValueError as e:
         raise UserError(f"--model {args.model} --size {size}: {e}") from None
     print(bench.format_report(res))
