@@ -196,7 +196,7 @@ def _pool_input(rng, shape, dtype, kind):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,s,ceil", MODEL_POOLS + RANDOM_POOLS)
-@pytest.mark.parametrize("n,h,w", [(1, 13, 13), (3, 12, 17), (2, 7, 8), (1, 9, 71)])  # 71: >= 16 outputs wide
+@pytest.mark.parametrize("n,h,w", [(1, 13, 13), (3, 12, 17), (2, 7, 8), (1, 9, 71), (2, 26, 26)])  # 26: pool2
 @pytest.mark.parametrize("kind", ["random", "ties", "-inf"])
 def test_maxpool(k, s, ceil, n, h, w, dtype, kind):
     rng = np.random.default_rng(k * 1000 + s * 100 + h + w + n)

@@ -8,8 +8,9 @@ from ..shapes import check_pool_geometry, pool_output_size
 from .memory import _JIT, _copy_run, _fill_run
 
 # ============================================================================= max-pool
-#: output rows narrower than this are pooled one window at a time (the vector loops would be too short)
-_POOL_VECTOR_MIN_WO = 16
+#: output rows narrower than this are pooled one window at a time (the vector loops would be too short;
+#: measured on ZFNet's pool2, 13 outputs wide, batch 16: vector path 2.9 ms, window by window 6.2 ms)
+_POOL_VECTOR_MIN_WO = 8
 
 
 @njit(cache=True, inline="always")
