@@ -19,7 +19,7 @@ LAYERS = [
     {"deconv"},
     {"train"},
     {"experiments"},  # the architecture and normalization experiments train twins
-    {"pipeline", "report", "bench", "bench_occlusion", "bench_distributed", "explore"},
+    {"pipeline", "report", "bench", "bench_twin", "bench_occlusion", "bench_distributed", "explore"},
     {"commands"},
     {"cli", "__main__"},
 ]

@@ -234,11 +234,11 @@ class _Server:
         return {"seconds": time.perf_counter() - t0}, None
 
     def faults(self, h, arrays):
-        from zfscratch.bench import page_faults_per_step
+        from zfscratch.util.memstat import page_faults_per_step
         return {"faults": page_faults_per_step(self.calls[h["call"]], self.sync)}, None
 
     def memory(self, h, arrays):
-        from zfscratch.bench import step_memory
+        from zfscratch.util.memstat import step_memory
         return step_memory(self.calls[h["call"]], self.sync), None
 
 
