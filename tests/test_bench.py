@@ -150,6 +150,7 @@ def test_compare_torch():
     assert res["torch"]["step_img_s"] > 0 and res["speedup"]["fwd"] > 0
     text = bench.format_report(res)
     assert "torch" in text and "agreement" in text and "ratio" in text and "float64 run" in text
+    assert "in a process of its own" in text and res["versions"]["torch"]
     assert np.isfinite(res["speedup"]["step"])
 
 

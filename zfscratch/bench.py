@@ -658,6 +658,9 @@ def _report_header(res):
         f"sgemm {res['sgemm_gflops']:.0f} GFLOP/s (best square float32 product); JIT compile / cache load "
         f"{res['jit_s']:.2f} s (excluded)",
     ]
+    if cmp_:
+        lines.append(f"PyTorch {res.get('versions', {}).get('torch', '?')} ({res['torch'].get('device', 'cpu')}) in a "
+                     "process of its own; runs alternate, each after both processes' other threads are idle")
     blas = res.get("blas")
     if blas is not None:
         names = ", ".join(f"{k.get('internal_api') or '?'} {k.get('version') or ''}".strip()
