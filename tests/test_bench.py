@@ -122,7 +122,7 @@ def test_twin_process_reports_its_failures_in_one_line():
     from zfscratch.models import build_model
     net = build_model({"arch": "zfnet_small", "input_size": 32}, backend=get_backend("numpy"), seed=0)
     x, labels = bench._bench_inputs(net, 2, 32, 0)
-    with TwinProcess(net, x, labels, env=bench._twin_env()) as twin:
+    with TwinProcess(net, x, labels, env=bench.twin_env()) as twin:
         with pytest.raises(TwinError, match="time: KeyError"):
             twin.request("time", call="nothing.fwd")
         assert twin.request("time", call="net.fwd")["seconds"] > 0

@@ -601,7 +601,7 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     res.update(_machine_figures(be, sgemm_sizes, progress))
     if compare == "torch":
         progress("PyTorch: starting its own process (its OpenMP and thread defaults, not ours)")
-        run.twin = TwinProcess(net, x_host, labels_host, cuda=be.name == "cupy", threads=threads, env=_twin_env())
+        run.twin = TwinProcess(net, x_host, labels_host, cuda=be.name == "cupy", threads=threads, env=twin_env())
     try:
         _measure(run, res, model, size, batch, progress)
     finally:
@@ -614,7 +614,7 @@ def run_bench(model="zfnet", batch=16, size=224, backend="numba", repeats=5, thr
     return res
 
 
-def _twin_env():
+def twin_env():
     """The environment of the PyTorch process: ours as the user set it (without the OpenMP wait policy
     our kernels set for themselves), and a path to this zfscratch."""
     env = dict(os.environ)

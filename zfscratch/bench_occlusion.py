@@ -1,6 +1,8 @@
 """Occlusion benchmark (``zfscratch bench --occlusion``): positions/s of full recompute vs the
 incremental engine (:mod:`zfscratch.experiments.incremental`), and Captum's ``Occlusion`` on the
-PyTorch twin of the same network when ``[bench]`` (torch + captum) is installed.
+PyTorch twin of the same network when ``[bench]`` (torch + captum) is installed; PyTorch and Captum
+run in a process of their own (:mod:`zfscratch.bench_twin`: in one process Numba's OpenMP would spin
+under PyTorch's libgomp and slow our sweeps).
 
 One image (seeded normal noise) and one network (seeded random weights); the occluder is the mean
 (zeros), ``patch`` x ``patch`` pixels moved by ``stride`` (the positions of ``zfscratch occlude``
@@ -28,15 +30,12 @@ def _load():
         return None
 
 
-def _import_captum():
-    try:
-        import captum.attr  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
+def _check_captum():
+    """One-line ImportError unless PyTorch and Captum can be found (they run in a child process)."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("captum") is None:
         raise ImportError("--compare captum needs PyTorch and Captum (pip install torch captum, or "
-                          "pip install 'zfscratch[bench]')") from None
-    import sys
-    return sys.modules["torch"], sys.modules["captum.attr"]
+                          "pip install 'zfscratch[bench]')")
 
 
 def _positions(size, patch, stride):
@@ -110,26 +109,6 @@ class _Sweeps:
         return np.concatenate(outs)
 
 
-def _captum_sweep(torch, cattr, net, x, patch, stride, label, batch):
-    """Captum's ``Occlusion`` on the PyTorch twin of ``net``, warmed up by one batch; returns the sweep.
-
-    ``x`` is the host image (3, H, W); the returned callable runs the whole sweep with target ``label``.
-    """
-    from zfscratch.bench import torch_twin
-
-    model_t = torch.nn.Sequential(*[m for _, m in torch_twin(net)]).eval()
-    xt = torch.from_numpy(x[None])
-    occ = cattr.Occlusion(model_t)
-
-    def captum_sweep():
-        with torch.no_grad():
-            return occ.attribute(xt, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
-                                 baselines=0, target=label, perturbations_per_eval=batch)
-    with torch.no_grad():  # warm-up: one batch through the twin
-        model_t(xt.repeat(batch, 1, 1, 1))
-    return captum_sweep
-
-
 def _timed_rounds(sweeps, captum_sweep, repeats, progress):
     """Run ``repeats`` interleaved rounds (full, incremental, Captum, full, ...) under one machine load.
 
@@ -149,6 +128,9 @@ def _timed_rounds(sweeps, captum_sweep, repeats, progress):
     got, memory, full_secs, inc_secs = {}, {}, {}, {}
 
     def timed(key, fn):
+        if getattr(fn, "timed_elsewhere", False):  # Captum in the PyTorch process times itself
+            runs[key].append(fn())
+            return None
         t = time.perf_counter()
         out = fn()
         runs[key].append(time.perf_counter() - t)
@@ -171,6 +153,24 @@ def _timed_rounds(sweeps, captum_sweep, repeats, progress):
             progress(f"round {r + 1}/{repeats}: Captum")
             timed("captum", captum_sweep)
     return runs, got, memory, full_secs, inc_secs
+
+
+def _rounds(sweeps, captum_cfg, repeats, progress, res):
+    """:func:`_timed_rounds`, with Captum's sweep in the PyTorch process when ``captum_cfg`` (dict: the
+    image ``x``, ``label``, ``patch``, ``stride``, ``batch``, ``threads``) is given; ``res`` gets
+    ``captum_device``."""
+    from zfscratch.bench import twin_env
+    from zfscratch.bench_twin import TwinProcess
+
+    if captum_cfg is None:
+        return _timed_rounds(sweeps, None, repeats, progress)
+    c = captum_cfg
+    progress("Captum: starting the PyTorch process")  # its own OpenMP defaults (see zfscratch.bench_twin)
+    with TwinProcess(sweeps.net, c["x"][None], np.array([c["label"]]), cuda=sweeps.be.name == "cupy",
+                     threads=c["threads"], env=twin_env()) as twin:
+        res["captum_device"] = twin.device
+        sweep = twin.captum_sweep(c["x"], c["patch"], c["stride"], c["label"], c["batch"])
+        return _timed_rounds(sweeps, sweep, repeats, progress)
 
 
 def _agreement(full, inc, label):
@@ -245,15 +245,12 @@ def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="nu
     from zfscratch.models import build_model
     from zfscratch.util.threads import set_threads, thread_info
 
-    torch = cattr = None
     if captum:
-        torch, cattr = _import_captum()
+        _check_captum()
     inc_batch = int(inc_batch or batch)
     be = get_backend(backend)
     if threads is not None:
         set_threads(threads)
-        if torch is not None:
-            torch.set_num_threads(int(threads))
     net = build_model({"arch": model, "input_size": int(size)}, backend=be, seed=seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((3, size, size)).astype(np.float32)
@@ -272,8 +269,8 @@ def run_occlusion_bench(model="zfnet", size=224, patch=48, stride=8, backend="nu
                            seed=int(seed), captum=bool(captum)),
                jit_s=jit, threads=thread_info(), load_before=_load())
     res["blas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
-    captum_sweep = _captum_sweep(torch, cattr, net, x, patch, stride, label, batch) if captum else None
-    runs, got, memory, full_secs, inc_secs = _timed_rounds(sweeps, captum_sweep, repeats, progress)
+    captum_cfg = dict(x=x, label=label, patch=patch, stride=stride, batch=batch, threads=threads) if captum else None
+    runs, got, memory, full_secs, inc_secs = _rounds(sweeps, captum_cfg, repeats, progress, res)
     res.update(_memory_entries(memory))
     res.update(_agreement(got["full"], got["inc"], label))
     res["load_after"] = _load()
@@ -292,7 +289,8 @@ def format_occlusion(res):
              f"{c['positions']} positions, backend {c['backend']}, batch {c['batch']} (incremental "
              f"{c['inc_batch']}), best of {c['repeats']} interleaved",
              f"threads: numba {th.get('numba')}, BLAS {th.get('blas')}; BLAS variables forced: {forced}; "
-             f"load average before {res['load_before']}, after {res['load_after']}",
+             f"load average before {res['load_before']}, after {res['load_after']}"
+             + (f"; Captum in a process of its own ({res['captum_device']})" if "captum_device" in res else ""),
              f"agreement: logits max rel diff {res['logits_max_rel_diff']:.1e}, P(true) max rel diff "
              f"{res['prob_true_max_rel_diff']:.1e}, top label agrees {100 * res['top_label_agree']:.1f}%",
              f"peak memory of a sweep above the process: full {res['peak_mib_full'] - res['rss_before_mib']:.0f} MiB, "

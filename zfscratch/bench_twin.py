@@ -226,6 +226,26 @@ class _Server:
 
         self.calls["net.fwd"], self.calls["net.step"] = fwd, step
 
+    def captum(self, h, arrays):
+        """Set up Captum's ``Occlusion`` of the twin on one image (3, H, W) as the call ``captum.sweep``;
+        one batch through the twin warms it up."""
+        import captum.attr as cattr
+        torch = self.torch
+        model = torch.nn.Sequential(*[m for _, m in self.mods]).eval()
+        xt = torch.from_numpy(arrays["image"][None]).to(self.device)
+        occ = cattr.Occlusion(model)
+        patch, stride, batch = int(h["patch"]), int(h["stride"]), int(h["batch"])
+
+        def sweep():
+            with torch.no_grad():
+                occ.attribute(xt, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
+                              baselines=0, target=int(h["label"]), perturbations_per_eval=batch)
+
+        with torch.no_grad():
+            model(xt.repeat(batch, 1, 1, 1))
+        self.calls["captum.sweep"] = sweep
+        return {"captum": cattr.__name__}, None
+
     def time(self, h, arrays):
         fn = self.calls[h["call"]]
         t0 = time.perf_counter()
@@ -361,6 +381,13 @@ class TwinProcess:
     def network_runs(self):
         """``(forward, step)`` :class:`RemoteCall` s of the whole twin."""
         return RemoteCall(self, "net.fwd"), RemoteCall(self, "net.step")
+
+    def captum_sweep(self, image, patch, stride, label, batch):
+        """A :class:`RemoteCall` of Captum's ``Occlusion`` sweep over ``image`` (3, H, W) in the child
+        (``perturbations_per_eval=batch``, zero baseline, target ``label``)."""
+        self.request("captum", {"image": np.ascontiguousarray(image)}, patch=int(patch), stride=int(stride),
+                     label=int(label), batch=int(batch))
+        return RemoteCall(self, "captum.sweep")
 
     def page_faults_per_step(self):
         return self.request("faults", call="net.step")["faults"]

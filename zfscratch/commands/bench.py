@@ -112,6 +112,7 @@ def _cmd_occlusion(args, size):
     import json
 
     from zfscratch.bench_occlusion import format_occlusion, run_occlusion_bench
+    from zfscratch.bench_twin import TwinError
     from zfscratch.errors import UserError
     from zfscratch.io import atomic_write_text
 
@@ -119,9 +120,9 @@ def _cmd_occlusion(args, size):
         raise UserError(f"--patch {args.patch}: larger than the input side {size}")
     captum = args.compare in ("captum", "torch")
     if captum:
-        from zfscratch.bench_occlusion import _import_captum
-        try:  # before our kernels set OpenMP variables, as for --compare torch
-            _import_captum()
+        from zfscratch.bench_occlusion import _check_captum
+        try:  # before any timing (PyTorch and Captum run in a child process)
+            _check_captum()
         except ImportError as e:
             raise UserError(str(e)) from None
     from zfscratch.backend import resolve_backend
@@ -138,6 +139,10 @@ def _cmd_occlusion(args, size):
                                   backend=args.backend, batch=batch, inc_batch=INCREMENTAL_BATCH_FACTOR * batch,
                                   repeats=repeats, threads=args.threads, captum=captum, seed=args.seed,
                                   progress=progress)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    except TwinError as e:
+        raise UserError(f"--compare {args.compare}: {e}") from None
     except ValueError as e:
         raise UserError(f"--model {args.model} --size {size}: {e}") from None
     print(format_occlusion(res))
