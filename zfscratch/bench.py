@@ -296,30 +296,10 @@ def _network_figures(n, fwd_ts, step_ts):
 
 
 # ============================================================================= PyTorch twin
-def import_torch():
-    """Import PyTorch, or raise ImportError with a one-line explanation."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ImportError("--compare torch needs PyTorch, which is not installed "
-                          "(pip install torch, or pip install 'zfscratch[bench]')") from None
-    return sys.modules["torch"]
-
-
 def torch_installed():
     """Whether PyTorch can be found (without importing it here)."""
     import importlib.util
     return importlib.util.find_spec("torch") is not None
-
-
-def torch_twin(net, device="cpu"):
-    """The same network in PyTorch, in this process, with a copy of the weights: a list of (name, module).
-
-    For in-process uses (Captum's occlusion); the timed comparison runs its twin in a process of its
-    own (:mod:`zfscratch.bench_twin`).
-    """
-    from zfscratch.bench_twin import build_modules, layer_specs, layer_weights
-    return build_modules(import_torch(), layer_specs(net), layer_weights(net), device)
 
 
 def _our_pass(net, x_host, labels_host):
