@@ -366,8 +366,6 @@ def _versions():
         out["numba"] = numba.__version__
     except ImportError:
         pass
-    if "torch" in sys.modules:
-        out["torch"] = sys.modules["torch"].__version__
     try:
         blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
         out["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()

@@ -33,7 +33,9 @@ def _load():
 def _check_captum():
     """One-line ImportError unless PyTorch and Captum can be found (they run in a child process)."""
     import importlib.util
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("captum") is None:
+
+    from zfscratch.bench import torch_installed
+    if not torch_installed() or importlib.util.find_spec("captum") is None:
         raise ImportError("--compare captum needs PyTorch and Captum (pip install torch captum, or "
                           "pip install 'zfscratch[bench]')")
 

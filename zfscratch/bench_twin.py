@@ -54,18 +54,9 @@ def layer_specs(net):
     return specs
 
 
-def layer_weights(net):
-    """``{"<layer>.w": array, "<layer>.b": array}`` of the layers with parameters, on the host."""
-    out = {}
-    for layer in net.layers:
-        for key in ("w", "b"):
-            if key in layer.params:
-                out[f"{layer.name}.{key}"] = np.ascontiguousarray(net.backend.to_host(layer.params[key]))
-    return out
-
-
 def build_modules(torch, specs, weights, device="cpu"):
-    """PyTorch modules for :func:`layer_specs` with the weights copied in: a list of ``(name, module)``."""
+    """PyTorch modules for :func:`layer_specs` with the weights (``net.state_dict()``) copied in: a list of
+    ``(name, module)``."""
     nn = torch.nn
     mods = []
     for s in specs:
@@ -129,8 +120,8 @@ class _Server:
 
     def __init__(self, torch):
         self.torch = torch
-        self.mods = self.x = self.labels = None
-        self.sync = lambda: None
+        self.mods = self.x_host = self.labels_host = None
+        self.device, self.sync = "cpu", lambda: None
         self.calls = {}
 
     def init(self, h, arrays):
@@ -334,7 +325,7 @@ class TwinProcess:
             first = self._reply()
             if "error" in first:
                 raise ImportError(first["error"])
-            arrays = dict(layer_weights(net), __x=np.ascontiguousarray(x_host),
+            arrays = dict(net.state_dict(), __x=np.ascontiguousarray(x_host),
                           __labels=np.ascontiguousarray(labels_host))
             info = self.request("init", arrays, specs=layer_specs(net), cuda=bool(cuda), threads=threads)
         except BaseException:
